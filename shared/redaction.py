@@ -1,0 +1,56 @@
+"""Redaction of secrets in log text: the one function every human-readable output passes through.
+
+Light-OAuth2 debug logs carry Basic credentials (``Basic base64(client_id:secret)``), bearer and
+refresh tokens, authorization codes, PKCE verifiers, client secrets and passwords inside JSON request
+bodies.  Anything lo2-stream writes for people (anomaly records, evidence lines, FP lists, reports,
+its own logs) goes through :func:`redact` first.  Redaction keeps the *shape* of the line (the key
+names stay, the values become ``***``) so an explanation still reads well.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+
+_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization header values: Basic / Bearer followed by a credential.
+    (re.compile(r"(?i)\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~\-\u00c0-\u024f]+"), rf"\1 {MASK}"),
+    # JSON-ish key/value pairs whose key names a secret:  "password":"x"  or  'secret': 'x'
+    (
+        re.compile(
+            r"""(?ix)
+            (["']?(?:password|passwordConfirm|newPassword|oldPassword|client_secret|clientSecret|secret|
+            refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
+            authorization|code)["']?\s*[:=]\s*)
+            (?:"[^"]*"|'[^']*'|[^\s,&}"']+)
+            """
+        ),
+        rf"\1{MASK}",
+    ),
+    # key = value in free text:  refreshToken = 96bce40c-...   code = keNUio1dQP-...
+    (
+        re.compile(
+            r"(?i)\b(password|secret|client_secret|refreshToken|refresh_token|token|code|code_verifier|"
+            r"codeVerifier|authorization)(\s*=\s*)(?!null\b)[^\s,&}]+"
+        ),
+        rf"\1\2{MASK}",
+    ),
+    # JWTs anywhere.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MASK),
+)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every known kind of secret replaced by ``***``.
+
+    >>> redact('validate( "Basic Zjc1MjllN2U6eUlIcA==", authorization)')
+    'validate( "Basic ***", authorization)'
+    >>> redact('{"userId":"admin","password":"123456"}')
+    '{"userId":"admin","password":***}'
+    >>> redact("refreshToken = 96bce40c-3e1e-41df-ac31-34e16e0a46b8 scope = null")
+    'refreshToken = *** scope = null'
+    """
+    for pattern, repl in _RULES:
+        text = pattern.sub(repl, text)
+    return text

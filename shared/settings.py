@@ -1,0 +1,95 @@
+"""One settings object for the whole service (batch, worker, CLI, tests).
+
+Every knob is read here and nowhere else: environment variables with the ``LO2_`` prefix (or a
+``.env`` file), then the defaults below.  ``KAFKA_BOOTSTRAP_SERVERS`` (no prefix) is honoured too,
+because that is the name operators and our test-suite contract use for "use this broker".
+Build it once in an entry point (``Settings()``) and pass it down; library code never reads
+``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository root when running from a checkout (used only for defaults of local folders).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "lo2-stream"
+
+
+class Settings(BaseSettings):
+    """All settings of lo2-stream.  See the README's settings table for the meaning of each."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LO2_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- folders -------------------------------------------------------------------------------
+    data_dir: Path = Field(default=PROJECT_ROOT / "data", description="Generated runs and Parquets.")
+    model_dir: Path = Field(
+        default=PROJECT_ROOT / "models",
+        description="Model bundles; `current` points at the promoted one.",
+    )
+    artifacts_dir: Path = Field(
+        default=PROJECT_ROOT / "artifacts",
+        description="Reports, explainability artefacts, benchmark outputs.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Downloaded Kafka jars and other caches (kept between runs).",
+    )
+    samples_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "lo2-samples",
+        description="Folder with the real LO2 fragments (read-only, never copied into the repo).",
+    )
+
+    # --- Kafka (broker) ------------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LO2_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Use this broker instead of starting the local one (host:port[,host:port]).",
+    )
+    kafka_version: str = Field(default="4.1.1", description="Apache Kafka version fetched from Maven Central.")
+    kafka_port: int = Field(default=9092, description="Port of the local broker started by `lo2 kafka start`.")
+    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker.")
+    kafka_state_dir: Path = Field(
+        default=PROJECT_ROOT / ".lo2" / "kafka",
+        description="Data, logs and pid file of the local broker started by `lo2 kafka start`.",
+    )
+    kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
+    kafka_start_timeout_s: float = Field(default=60.0, description="How long to wait for the broker to answer.")
+
+    # --- topics ----------------------------------------------------------------------------------
+    input_topic: str = Field(default="lo2.logs", description="Input topic with OAuth2 log events.")
+    anomalies_topic: str = Field(default="lo2.anomalies", description="Output topic with anomaly records.")
+    dlq_topic: str = Field(default="lo2.dlq", description="Dead-letter topic for bad input.")
+    topic_partitions: int = Field(default=4, description="Partitions of the input and output topics.")
+
+    # --- worker ----------------------------------------------------------------------------------
+    app_id: str = Field(default="lo2-worker", description="Faust app id = Kafka consumer group.")
+    worker_web_port: int = Field(default=6066, description="Port of the worker's web server (/metrics).")
+    table_store: str = Field(
+        default="memory://",
+        description="Faust table store: memory:// (dev/tests) or rocksdb:// (production, needs rocksdict).",
+    )
+
+    # --- data ------------------------------------------------------------------------------------
+    seed: int = Field(default=42, description="Default seed for everything random (generation, sampling, models).")
+    trim_init_lines: int = Field(
+        default=100,
+        description="Start-up lines dropped at the head of every service log (they leak the label in v1).",
+    )
+
+
+def get_settings() -> Settings:
+    """Build the settings from the environment (call once per entry point)."""
+    return Settings()
