@@ -1,0 +1,638 @@
+"""Explanation of one anomalous sequence: the function the worker calls for every anomaly record.
+
+Answering "why was this sequence flagged?" live must cost milliseconds, so everything that needs the
+training data is computed once, when a bundle is built, by :func:`build_explainer_state`:
+
+* per-feature **normal ranges**: the ``low_q``/``high_q`` quantiles (default 5 % / 95 %) and the
+  median of the training *normal* sequences;
+* a per-feature **scale** (standard deviation of the normals, floored, see :func:`_feature_scale`),
+  so that a count in the thousands and a frequency in the thousandths weigh the same (the LogLead
+  demo let unscaled ``seq_len`` dominate its cosine distance, reference §9.2 item 25);
+* a **compact normal reference set** (at most ``max_reference`` training normals, sampled uniformly
+  at random with a seed, *not* the most anomalous-looking ones as the demo did, §9.2 item 24), kept
+  scaled, with their ``seq_id`` (not row numbers, §9.2 item 26) for the nearest-normal answer;
+* optionally the template key of each feature, so evidence lines can be picked for the top
+  templates.
+
+The state is plain arrays plus JSON (:meth:`ExplainerState.save` / :meth:`ExplainerState.load`), so it
+can live inside a model bundle.  The per-call path (:class:`SequenceExplainer`) is then a handful of
+vector operations over the reference set, plus, for tree models, one SHAP call.
+
+Two attribution methods, both reported as ``contribution`` where **positive means "pushes toward
+anomalous"**:
+
+``deviation``
+    Signed distance of the value from the normal median, in units of the feature's normal scale
+    (a robust z-score): ``(value - median) / scale``.  Features are ranked by its absolute value.
+    It is model-agnostic and costs microseconds; it says "this feature is unusual for a normal
+    sequence", not "the model used this feature".
+``tree_shap``
+    SHAP TreeExplainer (path-dependent, no background) on the fitted tree model.  For an
+    IsolationForest, SHAP explains the *average path length*; a negative value shortens the path,
+    i.e. makes the sequence more anomalous, so ``contribution = -shap``.  For a classifier it is the
+    SHAP value of the anomaly class (positive = toward anomaly).  Costs a few milliseconds per row;
+    the TreeExplainer is built once per model and cached.
+
+Every evidence line is passed through :func:`shared.redaction.redact` before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, Field
+
+from shared.errors import ConfigError, ModelLoadError
+from shared.redaction import redact
+
+logger = logging.getLogger(__name__)
+
+#: Version of the on-disk layout of :class:`ExplainerState` (bumped on incompatible changes).
+STATE_SCHEMA_VERSION = 1
+STATE_JSON = "explainer_state.json"
+STATE_NPZ = "explainer_state.npz"
+
+Method = Literal["auto", "deviation", "tree_shap"]
+FloatArray = NDArray[np.float64]
+
+
+# ------------------------------------------------------------------------------------------------
+# Output records (JSON-able; the worker puts ``Explanation.model_dump()`` into the anomaly record)
+# ------------------------------------------------------------------------------------------------
+class TopFeature(BaseModel):
+    """One feature that explains the anomaly, with the range it has in normal sequences."""
+
+    name: str = Field(description="Readable feature name (template text, error code, ...), redacted.")
+    feature: str = Field(description="Machine name of the feature (column name in the feature matrix).")
+    value: float = Field(description="The feature's value in the explained sequence.")
+    normal_low: float = Field(description="Low quantile of the feature over training normals.")
+    normal_high: float = Field(description="High quantile of the feature over training normals.")
+    contribution: float = Field(description="Positive = pushes toward anomalous (see `method`).")
+
+
+class DifferingFeature(BaseModel):
+    """A feature on which the sequence differs most from its nearest normal."""
+
+    name: str
+    value: float
+    normal_value: float
+
+
+class NearestNormal(BaseModel):
+    """The closest training normal sequence in the scaled feature space."""
+
+    seq_id: str
+    distance: float = Field(description="Euclidean distance in the scaled feature space.")
+    differing_features: list[DifferingFeature]
+
+
+class Explanation(BaseModel):
+    """Why one sequence was flagged: the ``explanation`` field of an anomaly record."""
+
+    method: str = Field(description="`deviation` or `tree_shap` (see shared/explain.py).")
+    top_features: list[TopFeature]
+    nearest_normal: NearestNormal | None
+    evidence: list[str] = Field(description="Redacted log lines of the top templates (few, not all).")
+
+
+# ------------------------------------------------------------------------------------------------
+# Precomputed state
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExplainerState:
+    """Everything the per-anomaly explanation needs from the training data (see module docstring)."""
+
+    feature_names: tuple[str, ...]
+    low: FloatArray
+    high: FloatArray
+    median: FloatArray
+    scale: FloatArray
+    reference: NDArray[np.float32]  # (n_ref, n_features), already divided by ``scale``
+    reference_seq_ids: tuple[str, ...]
+    feature_templates: tuple[str | None, ...]
+    low_q: float = 0.05
+    high_q: float = 0.95
+    n_normals: int = 0
+    #: readable names (template text, error code) per feature; empty = same as ``feature_names``
+    feature_labels: tuple[str, ...] = ()
+    reference_sq_norms: NDArray[np.float32] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        d = len(self.feature_names)
+        for name in ("low", "high", "median", "scale"):
+            arr = getattr(self, name)
+            if arr.shape != (d,):
+                msg = f"ExplainerState.{name} has shape {arr.shape}, expected ({d},) (one per feature)"
+                raise ConfigError(msg)
+        if self.reference.ndim != 2 or self.reference.shape[1] != d:
+            msg = f"ExplainerState.reference has shape {self.reference.shape}, expected (n, {d})"
+            raise ConfigError(msg)
+        if self.reference.shape[0] != len(self.reference_seq_ids):
+            msg = (
+                f"ExplainerState has {self.reference.shape[0]} reference rows but "
+                f"{len(self.reference_seq_ids)} reference seq_ids"
+            )
+            raise ConfigError(msg)
+        if len(self.feature_templates) != d:
+            msg = f"ExplainerState.feature_templates has {len(self.feature_templates)} entries, expected {d}"
+            raise ConfigError(msg)
+        if not self.feature_labels:
+            object.__setattr__(self, "feature_labels", self.feature_names)
+        if len(self.feature_labels) != d:
+            msg = f"ExplainerState.feature_labels has {len(self.feature_labels)} entries, expected {d}"
+            raise ConfigError(msg)
+        norms = np.einsum("ij,ij->i", self.reference, self.reference).astype(np.float32)
+        object.__setattr__(self, "reference_sq_norms", norms)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write ``explainer_state.json`` + ``explainer_state.npz`` into ``directory``; return the paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path, npz_path = directory / STATE_JSON, directory / STATE_NPZ
+        meta = {
+            "schema_version": STATE_SCHEMA_VERSION,
+            "feature_names": list(self.feature_names),
+            "feature_templates": list(self.feature_templates),
+            "feature_labels": list(self.feature_labels),
+            "reference_seq_ids": list(self.reference_seq_ids),
+            "low_q": self.low_q,
+            "high_q": self.high_q,
+            "n_normals": self.n_normals,
+        }
+        json_path.write_text(json.dumps(meta), encoding="utf-8")
+        with npz_path.open("wb") as fh:
+            np.savez_compressed(
+                fh, low=self.low, high=self.high, median=self.median, scale=self.scale, reference=self.reference
+            )
+        return [json_path, npz_path]
+
+    @classmethod
+    def load(cls, directory: Path) -> ExplainerState:
+        """Read a state written by :meth:`save`; raise :class:`ModelLoadError` naming what is wrong."""
+        json_path, npz_path = directory / STATE_JSON, directory / STATE_NPZ
+        for path in (json_path, npz_path):
+            if not path.is_file():
+                msg = f"explainer state file {path} is missing (expected {STATE_JSON} and {STATE_NPZ})"
+                raise ModelLoadError(msg)
+        try:
+            meta = json.loads(json_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            msg = f"explainer state {json_path} is not valid JSON: {exc}"
+            raise ModelLoadError(msg) from exc
+        version = meta.get("schema_version")
+        if version != STATE_SCHEMA_VERSION:
+            msg = f"explainer state {json_path} has schema_version {version!r}, expected {STATE_SCHEMA_VERSION}"
+            raise ModelLoadError(msg)
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("low", "high", "median", "scale", "reference")}
+        try:
+            return cls(
+                feature_names=tuple(meta["feature_names"]),
+                feature_templates=tuple(meta["feature_templates"]),
+                feature_labels=tuple(meta.get("feature_labels", ())),
+                reference_seq_ids=tuple(meta["reference_seq_ids"]),
+                low=arrays["low"].astype(np.float64),
+                high=arrays["high"].astype(np.float64),
+                median=arrays["median"].astype(np.float64),
+                scale=arrays["scale"].astype(np.float64),
+                reference=arrays["reference"].astype(np.float32),
+                low_q=float(meta["low_q"]),
+                high_q=float(meta["high_q"]),
+                n_normals=int(meta["n_normals"]),
+            )
+        except (KeyError, ConfigError) as exc:
+            msg = f"explainer state in {directory} is inconsistent: {exc}"
+            raise ModelLoadError(msg) from exc
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The whole state as one JSON-able dict (for bundles that keep a single manifest)."""
+        return {
+            "schema_version": STATE_SCHEMA_VERSION,
+            "feature_names": list(self.feature_names),
+            "feature_templates": list(self.feature_templates),
+            "feature_labels": list(self.feature_labels),
+            "reference_seq_ids": list(self.reference_seq_ids),
+            "low_q": self.low_q,
+            "high_q": self.high_q,
+            "n_normals": self.n_normals,
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "median": self.median.tolist(),
+            "scale": self.scale.tolist(),
+            "reference": self.reference.tolist(),
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> ExplainerState:
+        if data.get("schema_version") != STATE_SCHEMA_VERSION:
+            msg = f"explainer state has schema_version {data.get('schema_version')!r}, expected {STATE_SCHEMA_VERSION}"
+            raise ModelLoadError(msg)
+        d = len(data["feature_names"])
+        return cls(
+            feature_names=tuple(data["feature_names"]),
+            feature_templates=tuple(data["feature_templates"]),
+            feature_labels=tuple(data.get("feature_labels", ())),
+            reference_seq_ids=tuple(data["reference_seq_ids"]),
+            low=np.asarray(data["low"], dtype=np.float64),
+            high=np.asarray(data["high"], dtype=np.float64),
+            median=np.asarray(data["median"], dtype=np.float64),
+            scale=np.asarray(data["scale"], dtype=np.float64),
+            reference=np.asarray(data["reference"], dtype=np.float32).reshape(-1, d),
+            low_q=float(data["low_q"]),
+            high_q=float(data["high_q"]),
+            n_normals=int(data["n_normals"]),
+        )
+
+
+def _dense(X: Any) -> FloatArray:
+    """A float64 2-D array from a NumPy array or a SciPy sparse matrix."""
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    return arr
+
+
+def _feature_scale(X: FloatArray) -> FloatArray:
+    """Per-feature spread of the normals: the standard deviation, floored.
+
+    A feature that is constant in the normals has no spread; dividing by zero would make it infinite.
+    It gets the smallest positive spread of any feature instead (or 1.0 if all are constant), so a
+    template that never occurs in normal sequences but occurs now stands out strongly but finitely.
+    """
+    std = X.std(axis=0)
+    positive = std[std > 1e-12]
+    floor = float(positive.min()) if positive.size else 1.0
+    return np.where(std > 1e-12, std, floor)
+
+
+def build_explainer_state(
+    X_normal: Any,
+    feature_names: Sequence[str],
+    seq_ids: Sequence[str],
+    *,
+    feature_templates: Sequence[str | None] | None = None,
+    feature_labels: Sequence[str] | None = None,
+    max_reference: int = 5000,
+    low_q: float = 0.05,
+    high_q: float = 0.95,
+    seed: int = 42,
+) -> ExplainerState:
+    """Precompute the explainer state from the training *normal* sequences.
+
+    ``X_normal`` (rows = sequences, NumPy or SciPy sparse) must be the same feature matrix the model
+    was trained on, rows aligned with ``seq_ids``.  ``feature_templates[j]`` is the template key of
+    feature ``j`` (or ``None`` when the feature is not a template count), used to choose evidence;
+    ``feature_labels[j]`` its readable name (template text, error code) shown to people.
+    """
+    X = _dense(X_normal)
+    n, d = X.shape
+    if d != len(feature_names):
+        msg = f"X_normal has {d} columns but {len(feature_names)} feature names were given"
+        raise ConfigError(msg)
+    if n != len(seq_ids):
+        msg = f"X_normal has {n} rows but {len(seq_ids)} seq_ids were given"
+        raise ConfigError(msg)
+    if n == 0:
+        msg = "cannot build an explainer state from 0 normal sequences (need the training normals)"
+        raise ConfigError(msg)
+    if not 0.0 <= low_q < high_q <= 1.0:
+        msg = f"normal-range quantiles must satisfy 0 <= low_q < high_q <= 1, got {low_q}, {high_q}"
+        raise ConfigError(msg)
+    templates = tuple(feature_templates) if feature_templates is not None else (None,) * d
+    scale = _feature_scale(X)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(n, max_reference), replace=False))
+    reference = (X[idx] / scale).astype(np.float32)
+    return ExplainerState(
+        feature_names=tuple(str(f) for f in feature_names),
+        low=np.quantile(X, low_q, axis=0),
+        high=np.quantile(X, high_q, axis=0),
+        median=np.median(X, axis=0),
+        scale=scale,
+        reference=reference,
+        reference_seq_ids=tuple(str(seq_ids[i]) for i in idx),
+        feature_templates=templates,
+        feature_labels=tuple(str(f) for f in feature_labels) if feature_labels is not None else (),
+        low_q=low_q,
+        high_q=high_q,
+        n_normals=n,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Attribution
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShapTarget:
+    """The estimator SHAP can explain inside a detector, and how to get its input from ours.
+
+    Detectors (``shared.detectors``) wrap sklearn estimators, often in a Pipeline
+    (presence -> classifier).  SHAP explains the *last* step on the output of the steps before it;
+    ``transform`` applies those steps (identity when there are none).
+    """
+
+    estimator: Any
+    transform: Any  # Callable[[Matrix], Matrix] | None
+    kind: Literal["tree", "linear"]
+    #: +1 when a positive SHAP value means "more anomalous", -1 when negative does (IsolationForest)
+    orientation: int
+
+
+def _last_step(obj: Any) -> tuple[Any, Any]:
+    steps = getattr(obj, "steps", None)
+    if steps:
+        head = obj[:-1] if len(steps) > 1 else None
+        return steps[-1][1], (head.transform if head is not None else None)
+    return obj, None
+
+
+def shap_target(model: Any) -> ShapTarget | None:
+    """What SHAP can explain in ``model`` (a detector, a Pipeline or a bare estimator), or None."""
+    if model is None:
+        return None
+    inner = model
+    for attr in ("model", "estimator", "pipeline"):  # IsolationForestDetector / SupervisedDetector / ...
+        candidate = getattr(model, attr, None)
+        if candidate is not None and (hasattr(candidate, "fit") or hasattr(candidate, "steps")):
+            inner = candidate
+            break
+    estimator, transform = _last_step(inner)
+    name = type(estimator).__name__
+    if hasattr(estimator, "estimators_") or hasattr(estimator, "tree_") or hasattr(estimator, "get_booster"):
+        return ShapTarget(estimator, transform, "tree", -1 if name == "IsolationForest" else 1)
+    if hasattr(estimator, "coef_") and hasattr(estimator, "intercept_"):
+        return ShapTarget(estimator, transform, "linear", 1)
+    return None
+
+
+def is_tree_model(model: Any) -> bool:
+    """True when SHAP's TreeExplainer can explain the model (IsolationForest, forests, trees, XGB)."""
+    target = shap_target(model)
+    return target is not None and target.kind == "tree"
+
+
+def deviation_contributions(state: ExplainerState, x: FloatArray) -> FloatArray:
+    """Robust z-score of each feature against the training normals (positive = above normal)."""
+    return (x - state.median) / state.scale
+
+
+def oriented_shap(values: Any, orientation: int) -> FloatArray:
+    """SHAP output of any shape -> (rows, features), positive = pushes toward anomalous."""
+    arr = np.asarray(values[-1] if isinstance(values, list) else values, dtype=np.float64)
+    if arr.ndim == 3:  # (rows, features, classes): the anomaly class is the last one
+        arr = arr[..., -1]
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    return orientation * arr
+
+
+# ------------------------------------------------------------------------------------------------
+# Evidence
+# ------------------------------------------------------------------------------------------------
+EvidenceItem = str | tuple[str | None, str]
+
+_TEMPLATE_WILDCARD = re.compile(r"<[^<>\s]*>")
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """A regex that matches a log message produced by a Drain-style template (``<*>`` = anything)."""
+    parts = _TEMPLATE_WILDCARD.split(template)
+    return re.compile(".*?".join(re.escape(p) for p in parts))
+
+
+def select_evidence(
+    items: Iterable[EvidenceItem],
+    top_templates: Sequence[str],
+    max_lines: int,
+    pattern_cache: dict[str, re.Pattern[str]] | None = None,
+) -> list[str]:
+    """Up to ``max_lines`` redacted lines, first those of the top templates (in rank order).
+
+    An item is either ``(template_key, line)`` (matched by key) or a bare line (matched against the
+    template text with ``<*>`` as a wildcard).  If no line matches a top template, the first lines are
+    used, so an anomaly record always carries some evidence when the sequence has any.
+    """
+    if max_lines <= 0:
+        return []
+    lines: list[tuple[str | None, str]] = [
+        item if isinstance(item, tuple) else (None, item) for item in items
+    ]
+    cache = pattern_cache if pattern_cache is not None else {}
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for template in top_templates:
+        if len(chosen) >= max_lines:
+            break
+        pattern = cache.get(template)
+        for i, (key, line) in enumerate(lines):
+            if i in taken:
+                continue
+            if key is not None:
+                hit = key == template
+            else:
+                if pattern is None:
+                    pattern = cache.setdefault(template, _template_regex(template))
+                hit = pattern.search(line) is not None
+            if hit:
+                chosen.append(i)
+                taken.add(i)
+                break  # one line per template first, so several templates get a say
+    for i in range(len(lines)):
+        if len(chosen) >= max_lines:
+            break
+        if i not in taken:
+            chosen.append(i)
+            taken.add(i)
+    return [redact(lines[i][1]) for i in sorted(chosen)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The explainer
+# ------------------------------------------------------------------------------------------------
+class SequenceExplainer:
+    """Explains one sequence at a time; holds the state and (for tree models) a cached TreeExplainer."""
+
+    def __init__(self, state: ExplainerState, model: Any = None, method: Method = "auto") -> None:
+        target = shap_target(model)
+        is_tree = target is not None and target.kind == "tree"
+        if method == "tree_shap" and not is_tree:
+            msg = f"method 'tree_shap' needs a fitted tree model, got {type(model).__name__}"
+            raise ConfigError(msg)
+        if method == "auto":
+            method = "tree_shap" if is_tree else "deviation"
+        self._target = target if method == "tree_shap" else None
+        self.state = state
+        self.model = model
+        self.method: Literal["deviation", "tree_shap"] = method
+        self._tree_explainer: Any = None
+        self._lock = threading.Lock()
+        self._patterns: dict[str, re.Pattern[str]] = {}
+
+    def _shap_explainer(self) -> Any:
+        with self._lock:
+            if self._tree_explainer is None:
+                import shap  # heavy; only when a tree model is explained
+
+                assert self._target is not None
+                self._tree_explainer = shap.TreeExplainer(self._target.estimator)
+            return self._tree_explainer
+
+    def warm_up(self) -> None:
+        """Build the TreeExplainer now (about 1-3 s) instead of on the first anomaly."""
+        if self.method == "tree_shap":
+            self._shap_explainer()
+
+    def contributions(self, x: FloatArray) -> FloatArray:
+        """Per-feature contribution for one row (positive = toward anomalous)."""
+        if self.method == "tree_shap":
+            assert self._target is not None
+            row: Any = x.reshape(1, -1)
+            if self._target.transform is not None:
+                row = _dense(self._target.transform(row))
+            values = self._shap_explainer().shap_values(row, check_additivity=False)
+            oriented: FloatArray = oriented_shap(values, self._target.orientation)[0]
+            return oriented
+        return deviation_contributions(self.state, x)
+
+    def nearest_normal(self, x: FloatArray, n_differing: int = 3) -> NearestNormal | None:
+        """The closest reference normal (Euclidean in the scaled space) and where it differs."""
+        st = self.state
+        if st.reference.shape[0] == 0:
+            return None
+        xs = (x / st.scale).astype(np.float32)
+        d2 = st.reference_sq_norms - 2.0 * (st.reference @ xs) + float(xs @ xs)
+        best = int(np.argmin(d2))
+        ref = st.reference[best].astype(np.float64)
+        diff = np.abs(xs.astype(np.float64) - ref)
+        order = np.argsort(-diff)[:n_differing]
+        differing = [
+            DifferingFeature(
+                name=redact(st.feature_labels[j]), value=float(x[j]), normal_value=float(ref[j] * st.scale[j])
+            )
+            for j in order
+            if diff[j] > 0
+        ]
+        return NearestNormal(
+            seq_id=st.reference_seq_ids[best], distance=float(np.sqrt(max(float(d2[best]), 0.0))),
+            differing_features=differing,
+        )
+
+    def explain(
+        self,
+        features: Any,
+        evidence: Iterable[EvidenceItem] = (),
+        *,
+        top_k: int = 5,
+        max_evidence: int = 5,
+    ) -> Explanation:
+        """Explain one sequence given its feature vector (same columns as the model) and its lines."""
+        x = _dense(features)
+        if x.shape[0] != 1 or x.shape[1] != self.state.n_features:
+            msg = f"features have shape {x.shape}, expected (1, {self.state.n_features}) (one sequence)"
+            raise ConfigError(msg)
+        row = x[0]
+        contrib = self.contributions(row)
+        if self.method == "deviation":
+            order = np.argsort(-np.abs(contrib), kind="stable")
+        else:
+            order = np.argsort(-contrib, kind="stable")
+        top = order[:top_k]
+        st = self.state
+        top_features = [
+            TopFeature(
+                name=redact(st.feature_labels[j]),
+                feature=st.feature_names[j],
+                value=float(row[j]),
+                normal_low=float(st.low[j]),
+                normal_high=float(st.high[j]),
+                contribution=float(contrib[j]),
+            )
+            for j in top
+        ]
+        templates = [t for t in (st.feature_templates[j] for j in top) if t is not None]
+        lines = select_evidence(evidence, templates, max_evidence, self._patterns)
+        return Explanation(
+            method=self.method,
+            top_features=top_features,
+            nearest_normal=self.nearest_normal(row),
+            evidence=lines,
+        )
+
+
+class ExplainableBundle(Protocol):
+    """What :func:`explain_sequence` needs from a model bundle."""
+
+    @property
+    def model(self) -> Any: ...
+
+    @property
+    def explainer_state(self) -> ExplainerState | None: ...
+
+
+#: id(bundle) -> (weak or strong reference to the bundle, its explainer).  Keyed by id because
+#: bundles need not be hashable; the stored reference guards against a reused id.
+_EXPLAINERS: dict[int, tuple[Any, SequenceExplainer]] = {}
+_EXPLAINERS_LOCK = threading.Lock()
+_MAX_CACHED = 8
+
+
+def _ref(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+def explainer_for(bundle: ExplainableBundle, method: Method = "auto") -> SequenceExplainer:
+    """The cached :class:`SequenceExplainer` of a bundle (built on first use, one per live bundle)."""
+    with _EXPLAINERS_LOCK:
+        for key in [k for k, (r, _) in _EXPLAINERS.items() if r() is None]:
+            del _EXPLAINERS[key]
+        entry = _EXPLAINERS.get(id(bundle))
+        if entry is not None and entry[0]() is bundle and method in ("auto", entry[1].method):
+            return entry[1]
+        state = bundle.explainer_state
+        if state is None:
+            msg = (
+                f"bundle {type(bundle).__name__} has no explainer state "
+                "(build it with shared.explain.build_explainer_state and save it in the bundle)"
+            )
+            raise ModelLoadError(msg)
+        explainer = SequenceExplainer(state, bundle.model, method)
+        if len(_EXPLAINERS) >= _MAX_CACHED:
+            _EXPLAINERS.pop(next(iter(_EXPLAINERS)))
+        _EXPLAINERS[id(bundle)] = (_ref(bundle), explainer)
+        return explainer
+
+
+def explain_sequence(
+    bundle: ExplainableBundle,
+    features: Any,
+    evidence: Iterable[EvidenceItem] = (),
+    *,
+    top_k: int = 5,
+    max_evidence: int = 5,
+    method: Method = "auto",
+) -> Explanation:
+    """Explain one flagged sequence: top-k features with normal ranges, nearest normal, evidence.
+
+    ``features``: the sequence's feature vector (1-D or one-row 2-D, NumPy or sparse), in the
+    bundle's feature order.  ``evidence``: the sequence's retained lines, bare or as
+    ``(template_key, line)``; at most ``max_evidence`` are returned, redacted.
+    """
+    return explainer_for(bundle, method).explain(features, evidence, top_k=top_k, max_evidence=max_evidence)
