@@ -1,0 +1,764 @@
+"""Raw LO2 run folders -> ``events.parquet`` + ``sequences.parquet`` (+ ``load_summary.json``).
+
+Why it is built this way (the LogLead ``LO2Loader`` bugs it fixes are in
+``../shared/reference/loglead-lo2-demo.md`` §1.5, §2.2, §9.2):
+
+* **Deterministic**: runs are found by name and sorted by epoch (:mod:`batch.layout`); every random
+  choice (error cases per run, ``--single-error-type random``) comes from the seed.
+* **Every line is parsed into columns** with the one shared definition
+  (:data:`shared.parsing.LINE_REGEX`) run by Polars/Rust over whole batches of files: no per-line
+  Python.  The date comes from the run epoch with the rule of
+  :func:`shared.parsing.resolve_timestamp_ms`, vectorised (midnight roll-over included).
+* **Stack traces are kept**: continuation lines are joined into the ``stack`` column of the event
+  before them instead of being dropped.
+* **Bad input never aborts**: undecodable bytes become U+FFFD (the line is kept and counted),
+  malformed/garbage lines, orphan continuation lines, empty files and missing services are counted
+  in :class:`LoadSummary`, with a few redacted examples, and loading goes on.
+* **Bounded memory**: files are parsed in batches of about ``batch_bytes`` and streamed to Parquet
+  (zstd) with a ``pyarrow`` writer, and runs are planned one at a time, so peak memory depends on the
+  batch size, not on the number of runs.  A sequence is one file, so ``sequences.parquet`` rows are
+  complete within a batch.
+* **Start-up trimming** drops the first N *events* (with their stack lines) of every service log —
+  also for short files, which LogLead forgot — because in v1 those lines leak the label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.layout import RunDir, discover_runs
+from shared import catalog
+from shared.errors import ConfigError, DataLayoutError
+from shared.parsing import LINE_REGEX, MS_PER_DAY, SERVICES, TIME_PREFIX_REGEX, file_seq_id
+from shared.redaction import redact
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.parquet"
+SEQUENCES_FILE = "sequences.parquet"
+SUMMARY_FILE = "load_summary.json"
+
+#: The data contract (see docs/data.md).  Column order is the file's column order.
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("run", pa.large_string()),
+        ("run_epoch", pa.int64()),
+        ("test_case", pa.large_string()),
+        ("service", pa.large_string()),
+        ("seq_id", pa.large_string()),
+        ("line_no", pa.int32()),
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("thread", pa.large_string()),
+        ("correlation_id", pa.large_string()),
+        ("level", pa.large_string()),
+        ("logger", pa.large_string()),
+        ("method", pa.large_string()),
+        ("message", pa.large_string()),
+        ("stack", pa.large_string()),
+        ("n_stack_lines", pa.int32()),
+        ("anomaly", pa.bool_()),
+        ("anomaly_service", pa.bool_()),
+    ]
+)
+SEQUENCES_SCHEMA = pa.schema(
+    [
+        ("run", pa.large_string()),
+        ("run_epoch", pa.int64()),
+        ("test_case", pa.large_string()),
+        ("service", pa.large_string()),
+        ("seq_id", pa.large_string()),
+        ("n_events", pa.int32()),
+        ("n_stack_lines", pa.int32()),
+        ("start", pa.timestamp("ms", tz="UTC")),
+        ("end", pa.timestamp("ms", tz="UTC")),
+        ("duration_s", pa.float64()),
+        ("anomaly", pa.bool_()),
+        ("anomaly_service", pa.bool_()),
+    ]
+)
+
+#: Line kinds in the intermediate frame (same meaning as shared.parsing.LineKind).
+_EVENT, _BLANK, _MALFORMED, _CONTINUATION = 0, 1, 2, 3
+_HALF_DAY_MS = MS_PER_DAY // 2
+#: Examples of bad input kept in the summary (redacted, shortened): enough to find the cause.
+MAX_EXAMPLES = 20
+_EXAMPLE_CHARS = 200
+_SURROGATES = re.compile("[\udc80-\udcff]+")
+
+
+#: (test_case, service) -> does the test case's error show in this service's log?
+TargetFn = Callable[[str, str], bool]
+GROUND_TRUTH_FILE = "ground_truth.json"
+
+
+def target_fn_for_root(root: Path) -> TargetFn:
+    """The ``anomaly_service`` rule: ``<root>/ground_truth.json`` when present, else :mod:`shared.catalog`.
+
+    The ground-truth file (written by ``lo2 generate``) wins because a generated dataset may inject
+    an error into other services than the catalog says; it maps test case -> target service(s),
+    either at the top level or under ``"targets"``.
+    """
+    path = Path(root) / GROUND_TRUTH_FILE
+    if not path.is_file():
+        return catalog.targets
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataLayoutError(f"{path}: cannot read ground truth ({exc}); expected a JSON object") from exc
+    raw = doc.get("targets", doc) if isinstance(doc, dict) else None
+    if not isinstance(raw, dict):
+        raise DataLayoutError(f"{path}: expected a JSON object mapping test case -> target service(s)")
+    table: dict[str, frozenset[str]] = {}
+    for case, svc in raw.items():
+        names = [svc] if isinstance(svc, str) else svc if isinstance(svc, list) else None
+        if names is None or not all(isinstance(n, str) for n in names):
+            raise DataLayoutError(f"{path}: target of {case!r} is {svc!r}; expected a service name or a list of them")
+        table[case] = frozenset(names)
+    log.info("anomaly_service labels from %s (%d test cases)", path, len(table))
+
+    def from_file(test_case: str, service: str) -> bool:
+        if test_case in table:
+            return service in table[test_case]
+        return catalog.targets(test_case, service)
+
+    return from_file
+
+
+# --------------------------------------------------------------------------------------------
+# Selection (the LogLead flags, with a seed)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which runs, test cases and services to load (the LogLead loader's flags, plus seed/trim).
+
+    ``runs`` / ``errors_per_run``: ``None`` or ≤ 0 means all.  ``single_error_type`` is an error
+    folder name or ``"random"`` (one name drawn with the seed, used for every run); it forces one
+    error case per run with duplicates allowed, and a run without that folder is skipped entirely
+    (reported), as in LogLead.  ``allow_duplicates=False`` never picks an error case twice across
+    runs.  ``trim_init_lines`` drops the first N events of every service log.
+    """
+
+    runs: int | None = None
+    errors_per_run: int | None = None
+    allow_duplicates: bool = True
+    single_error_type: str | None = None
+    services: tuple[str, ...] = SERVICES
+    seed: int = 42
+    trim_init_lines: int = 100
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.services if s not in SERVICES]
+        if bad or not self.services:
+            raise ConfigError(f"services {list(self.services)!r}: expected one or more of {list(SERVICES)}")
+        if self.trim_init_lines < 0:
+            raise ConfigError(f"trim_init_lines={self.trim_init_lines}: expected 0 (off) or a positive count")
+
+
+def make_selection(
+    *,
+    runs: int | None = None,
+    errors_per_run: int | None = None,
+    allow_duplicates: bool = True,
+    single_error_type: str | None = None,
+    single_service: str | None = None,
+    service_types: Sequence[str] | None = None,
+    seed: int = 42,
+    trim_init_lines: int = 100,
+) -> Selection:
+    """Build a :class:`Selection` from the LogLead-style flags (``single_service`` xor ``service_types``)."""
+    if single_service and service_types:
+        raise ConfigError(
+            f"single_service={single_service!r} and service_types={list(service_types)!r} both given; "
+            "expected at most one of them"
+        )
+    wanted = [single_service] if single_service else list(service_types or SERVICES)
+    bad = [s for s in wanted if s not in SERVICES]
+    if bad:
+        raise ConfigError(f"unknown service(s) {bad}: expected some of {list(SERVICES)}")
+    return Selection(
+        runs=runs if runs and runs > 0 else None,
+        errors_per_run=errors_per_run if errors_per_run and errors_per_run > 0 else None,
+        allow_duplicates=allow_duplicates,
+        single_error_type=single_error_type or None,
+        services=tuple(s for s in SERVICES if s in wanted),
+        seed=seed,
+        trim_init_lines=trim_init_lines,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FileStats:
+    """Line counts of one service log.  ``lines == blank + events + continuation + orphan + malformed``."""
+
+    lines: int = 0
+    blank_lines: int = 0
+    events: int = 0
+    continuation_lines: int = 0
+    orphan_continuation_lines: int = 0
+    malformed_lines: int = 0
+    undecodable_lines: int = 0
+    events_trimmed: int = 0
+    events_written: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One example of bad input: where it is and what it looked like (redacted, shortened)."""
+
+    file: str
+    line_no: int
+    kind: str
+    text: str
+
+
+@dataclass(slots=True)
+class LoadSummary:
+    """Everything a load did and every kind of bad input it met (written as load_summary.json)."""
+
+    root: str
+    selection: dict[str, object]
+    layouts: dict[str, int] = field(default_factory=dict)
+    runs_available: int = 0
+    runs_loaded: int = 0
+    runs_skipped: list[dict[str, str]] = field(default_factory=list)
+    test_cases_by_run: dict[str, list[str]] = field(default_factory=dict)
+    test_cases_available: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    lines: int = 0
+    blank_lines: int = 0
+    events: int = 0
+    events_trimmed: int = 0
+    events_written: int = 0
+    continuation_lines: int = 0
+    orphan_continuation_lines: int = 0
+    malformed_lines: int = 0
+    undecodable_lines: int = 0
+    files_with_undecodable_bytes: int = 0
+    empty_files: int = 0
+    files_without_events: int = 0
+    sequences_written: int = 0
+    missing_services: list[dict[str, object]] = field(default_factory=list)
+    missing_test_cases: list[dict[str, str]] = field(default_factory=list)
+    examples: list[Problem] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def test_cases_loaded(self) -> int:
+        return sum(len(v) for v in self.test_cases_by_run.values())
+
+    @property
+    def downsampled(self) -> bool:
+        """True when runs or error cases were left out (LogLead's "Downsampling occurred")."""
+        return (
+            self.runs_loaded < self.runs_available
+            or self.test_cases_loaded < self.test_cases_available
+            or len(self.selection.get("services") or SERVICES) < len(SERVICES)  # type: ignore[arg-type]
+        )
+
+    def add(self, stats: FileStats) -> None:
+        self.files_read += 1
+        self.lines += stats.lines
+        self.blank_lines += stats.blank_lines
+        self.events += stats.events
+        self.events_trimmed += stats.events_trimmed
+        self.events_written += stats.events_written
+        self.continuation_lines += stats.continuation_lines
+        self.orphan_continuation_lines += stats.orphan_continuation_lines
+        self.malformed_lines += stats.malformed_lines
+        self.undecodable_lines += stats.undecodable_lines
+        self.files_with_undecodable_bytes += stats.undecodable_lines > 0
+        self.files_without_events += stats.lines > 0 and stats.events_written == 0
+
+    def note(self, problem: Problem) -> None:
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(problem)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["test_cases_loaded"] = self.test_cases_loaded
+        d["downsampled"] = self.downsampled
+        return d
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: runs -> test cases -> files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileTask:
+    """One service log to parse, with the per-file columns of the contract."""
+
+    path: Path
+    run: str
+    run_epoch: int
+    test_case: str
+    service: str
+    anomaly_service: bool
+
+    @property
+    def seq_id(self) -> str:
+        return file_seq_id(self.run, self.test_case, self.service)
+
+
+def _pick_error_cases(
+    run: RunDir,
+    errors: list[str],
+    sel: Selection,
+    used: set[str],
+    pinned: list[str | None],
+    summary: LoadSummary,
+) -> list[str] | None:
+    """The error cases of one run (sorted), or ``None`` when the run is skipped."""
+    rng = random.Random(f"{sel.seed}:{run.run}")
+    if sel.single_error_type == "random":
+        if pinned[0] is None:
+            if not errors:
+                summary.runs_skipped.append({"run": run.run, "reason": "no error cases to draw from"})
+                return None
+            pinned[0] = random.Random(f"{sel.seed}:single_error_type").choice(errors)
+            log.info("single error type drawn with seed %d: %s", sel.seed, pinned[0])
+        wanted = pinned[0]
+    else:
+        wanted = sel.single_error_type
+    if wanted is not None:
+        if wanted not in errors:
+            summary.runs_skipped.append({"run": run.run, "reason": f"no test case {wanted!r}"})
+            return None
+        return [wanted]
+    pool = errors if sel.allow_duplicates else [e for e in errors if e not in used]
+    k = len(pool) if sel.errors_per_run is None else min(sel.errors_per_run, len(pool))
+    if not sel.allow_duplicates and sel.errors_per_run is not None and len(pool) < sel.errors_per_run:
+        log.warning("run %s: only %d unused error cases left, %d wanted", run.run, len(pool), sel.errors_per_run)
+    chosen = sorted(rng.sample(pool, k)) if k < len(pool) else list(pool)
+    used.update(chosen)
+    return chosen
+
+
+def plan_runs(
+    runs: list[RunDir], sel: Selection, target: TargetFn, summary: LoadSummary
+) -> Iterator[list[FileTask]]:
+    """Yield the file tasks run by run (lazily, so planning 1,700 runs costs no memory)."""
+    used: set[str] = set()
+    pinned: list[str | None] = [None]
+    for run in runs:
+        cases = {c.name: c for c in run.test_cases()}
+        if not cases:
+            summary.runs_skipped.append({"run": run.run, "reason": "no test-case folders"})
+            continue
+        errors = sorted(n for n in cases if n != "correct")
+        chosen = _pick_error_cases(run, errors, sel, used, pinned, summary)
+        if chosen is None:
+            continue
+        if "correct" not in cases:
+            summary.missing_test_cases.append({"run": run.run, "test_case": "correct"})
+        selected = (["correct"] if "correct" in cases else []) + chosen
+        summary.runs_loaded += 1
+        summary.layouts[run.layout] = summary.layouts.get(run.layout, 0) + 1
+        summary.test_cases_by_run[run.run] = selected
+        summary.test_cases_available += len(cases)
+        tasks = []
+        for name in selected:
+            case = cases[name]
+            missing = [s for s in sel.services if s not in case.service_files]
+            if missing:
+                summary.missing_services.append({"run": run.run, "test_case": name, "services": missing})
+            for svc in sel.services:
+                if svc in case.service_files:
+                    tasks.append(
+                        FileTask(
+                            path=case.service_files[svc],
+                            run=run.run,
+                            run_epoch=run.epoch,
+                            test_case=name,
+                            service=svc,
+                            anomaly_service=target(name, svc),
+                        )
+                    )
+        yield tasks
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing (Polars, whole batches of files at once)
+# --------------------------------------------------------------------------------------------
+
+
+def decode_lines(data: bytes) -> tuple[str, list[int]]:
+    """UTF-8 text of a file and the 1-based numbers of lines that held undecodable bytes.
+
+    Bad bytes become U+FFFD so the rest of the line (and the file) is still parsed; LogLead dropped
+    the whole file on the first bad byte.
+    """
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    text = data.decode("utf-8", errors="surrogateescape")
+    bad_lines: list[int] = []
+    line, pos = 1, 0
+    for m in _SURROGATES.finditer(text):
+        line += text.count("\n", pos, m.start())
+        pos = m.start()
+        if not bad_lines or bad_lines[-1] != line:
+            bad_lines.append(line)
+    return _SURROGATES.sub("\ufffd", text), bad_lines
+
+
+def _lines_frame(fids: list[int], texts: list[str]) -> pl.LazyFrame:
+    """One row per raw line: fid, line_no (1-based), text (without the line break)."""
+    raw = pl.DataFrame({"fid": fids, "text": texts}, schema={"fid": pl.Int32, "text": pl.String})
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    new_file = pl.col("fid") != pl.col("fid").shift(1, fill_value=-1)
+    return (
+        raw.lazy()
+        .with_columns(pl.col("text").str.strip_suffix("\n").str.split("\n"))
+        .explode("text")
+        .with_columns(pl.col("text").str.strip_suffix("\r"), _row=row)
+        .with_columns(
+            line_no=(pl.col("_row") - pl.when(new_file).then(pl.col("_row")).forward_fill() + 1).cast(pl.Int32)
+        )
+        .drop("_row")
+    )
+
+
+def _classified(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Add the parsed groups, the line kind, the owning event (gid) and the event's ordinal in its file."""
+    g = pl.col("text").str.extract_groups(LINE_REGEX)
+    is_event = pl.col("_g").struct.field("time").is_not_null()
+    kind = (
+        pl.when(is_event)
+        .then(pl.lit(_EVENT))
+        .when(pl.col("text").str.strip_chars() == "")
+        .then(pl.lit(_BLANK))
+        .when(pl.col("text").str.contains(TIME_PREFIX_REGEX))
+        .then(pl.lit(_MALFORMED))
+        .otherwise(pl.lit(_CONTINUATION))
+        .cast(pl.Int8)
+    )
+    ev = (pl.col("kind") == _EVENT).cast(pl.Int64)
+    new_file = pl.col("fid") != pl.col("fid").shift(1, fill_value=-1)
+    return (
+        lines.with_columns(_g=g)
+        .with_columns(kind=kind)
+        .with_columns(gid=ev.cum_sum())
+        .with_columns(
+            # events before this file started, so that ordinal = events of this file up to here
+            ev_no=pl.col("gid") - pl.when(new_file).then(pl.col("gid") - ev).forward_fill()
+        )
+    )
+
+
+def _timestamp_ms(time_col: pl.Expr, run_epoch_s: pl.Expr) -> pl.Expr:
+    """Vectorised :func:`shared.parsing.resolve_timestamp_ms` (same rule, same roll-over)."""
+    tod = (
+        time_col.str.slice(0, 2).cast(pl.Int64) * 3_600_000
+        + time_col.str.slice(3, 2).cast(pl.Int64) * 60_000
+        + time_col.str.slice(6, 2).cast(pl.Int64) * 1000
+        + time_col.str.slice(9, 3).cast(pl.Int64)
+    )
+    ref = run_epoch_s * 1000
+    cand = ref - ref % MS_PER_DAY + tod
+    diff = cand - ref
+    return (
+        pl.when(diff > _HALF_DAY_MS)
+        .then(cand - MS_PER_DAY)
+        .when(diff < -_HALF_DAY_MS)
+        .then(cand + MS_PER_DAY)
+        .otherwise(cand)
+    )
+
+
+@dataclass(slots=True)
+class BatchResult:
+    events: pl.DataFrame
+    sequences: pl.DataFrame
+    stats: list[FileStats]
+    problems: list[Problem]
+
+
+def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lines: int) -> BatchResult:
+    """Parse the raw bytes of several service logs at once into contract frames and per-file stats."""
+    texts, fids, bad_lines = [], [], []
+    problems: list[Problem] = []
+    for i, (task, data) in enumerate(zip(tasks, datas, strict=True)):
+        text, bad = decode_lines(data)
+        bad_lines.append(bad)
+        if bad:
+            problems.append(Problem(str(task.path), bad[0], "undecodable", f"{len(bad)} line(s) with bytes that are not UTF-8"))
+        if text:
+            texts.append(text)
+            fids.append(i)
+    del datas
+    meta = pl.DataFrame(
+        {
+            "fid": list(range(len(tasks))),
+            "run": [t.run for t in tasks],
+            "run_epoch": [t.run_epoch for t in tasks],
+            "test_case": [t.test_case for t in tasks],
+            "service": [t.service for t in tasks],
+            "seq_id": [t.seq_id for t in tasks],
+            "anomaly": [t.test_case != "correct" for t in tasks],
+            "anomaly_service": [t.anomaly_service for t in tasks],
+        },
+        schema={
+            "fid": pl.Int32, "run": pl.String, "run_epoch": pl.Int64, "test_case": pl.String,
+            "service": pl.String, "seq_id": pl.String, "anomaly": pl.Boolean, "anomaly_service": pl.Boolean,
+        },
+    )
+    rows = _classified(_lines_frame(fids, texts)).collect()
+    del texts
+
+    kind = pl.col("kind")
+    owned = pl.col("ev_no") > 0
+    kept = pl.col("ev_no") > trim_init_lines
+    per_file = (
+        rows.group_by("fid")
+        .agg(
+            lines=pl.len(),
+            blank_lines=(kind == _BLANK).sum(),
+            events=(kind == _EVENT).sum(),
+            continuation_lines=((kind == _CONTINUATION) & owned).sum(),
+            orphan_continuation_lines=((kind == _CONTINUATION) & ~owned).sum(),
+            malformed_lines=(kind == _MALFORMED).sum(),
+            events_trimmed=((kind == _EVENT) & ~kept).sum(),
+            events_written=((kind == _EVENT) & kept).sum(),
+        )
+        .sort("fid")
+    )
+    stats = [FileStats(undecodable_lines=len(b)) for b in bad_lines]
+    for rec in per_file.iter_rows(named=True):
+        st = stats[rec.pop("fid")]
+        for k, v in rec.items():
+            setattr(st, k, int(v))
+
+    bad_rows = rows.filter((kind == _MALFORMED) | ((kind == _CONTINUATION) & ~owned)).head(MAX_EXAMPLES)
+    for fid, line_no, k, text in bad_rows.select("fid", "line_no", "kind", "text").iter_rows():
+        problems.append(
+            Problem(
+                str(tasks[fid].path),
+                line_no,
+                "malformed" if k == _MALFORMED else "orphan_continuation",
+                redact(text[:_EXAMPLE_CHARS]),
+            )
+        )
+
+    stacks = (
+        rows.lazy()
+        .filter((kind == _CONTINUATION) & kept)
+        .group_by("gid")
+        .agg(stack=pl.col("text").str.join("\n"), n_stack_lines=pl.len().cast(pl.Int32))
+    )
+    g = pl.col("_g").struct
+    events = (
+        rows.lazy()
+        .filter((kind == _EVENT) & kept)
+        .select(
+            "fid",
+            "gid",
+            "line_no",
+            g.field("time").alias("_time"),
+            g.field("thread").alias("thread"),
+            pl.when(g.field("correlation_id") == "").then(None).otherwise(g.field("correlation_id")).alias("correlation_id"),
+            g.field("level").alias("level"),
+            g.field("logger").alias("logger"),
+            g.field("method").alias("method"),
+            g.field("message").alias("message"),
+        )
+        .join(stacks, on="gid", how="left", maintain_order="left")
+        .join(meta.lazy(), on="fid", how="left", maintain_order="left")
+        .with_columns(
+            timestamp=_timestamp_ms(pl.col("_time"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")),
+            n_stack_lines=pl.col("n_stack_lines").fill_null(0),
+        )
+        .select(EVENTS_SCHEMA.names + ["fid"])
+        .collect()
+    )
+    del rows
+    sequences = (
+        events.lazy()
+        .group_by("fid")
+        .agg(
+            n_events=pl.len().cast(pl.Int32),
+            n_stack_lines=pl.col("n_stack_lines").sum().cast(pl.Int32),
+            start=pl.col("timestamp").min(),
+            end=pl.col("timestamp").max(),
+        )
+        .join(meta.lazy(), on="fid", how="left")
+        .with_columns(duration_s=(pl.col("end") - pl.col("start")).dt.total_milliseconds() / 1000.0)
+        .sort("fid")
+        .select(SEQUENCES_SCHEMA.names)
+        .collect()
+    )
+    return BatchResult(events.drop("fid"), sequences, stats, problems)
+
+
+def parse_file(
+    path: Path,
+    run: str,
+    run_epoch: int,
+    test_case: str,
+    service: str,
+    *,
+    trim_init_lines: int = 0,
+    anomaly_service: bool = False,
+) -> tuple[pl.DataFrame, FileStats]:
+    """Parse one service log into the events contract (for tests, tools and the worker's replay)."""
+    task = FileTask(Path(path), run, run_epoch, test_case, service, anomaly_service)
+    res = parse_batch([task], [Path(path).read_bytes()], trim_init_lines)
+    return res.events, res.stats[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming writer and the whole load
+# --------------------------------------------------------------------------------------------
+
+
+class _ParquetStream:
+    """Append batches to a Parquet file; it appears under its real name only when complete."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.partial")
+        self.schema = schema
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height:
+            self.writer.write_table(df.to_arrow().cast(self.schema))
+            self.rows += df.height
+
+    def close(self) -> None:
+        self.writer.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+#: Progress callback: (files done, runs done, runs total, lines so far).
+ProgressFn = Callable[[int, int, int, int], None]
+
+
+def _batches(
+    plans: Iterator[list[FileTask]], batch_bytes: int
+) -> Iterator[tuple[list[FileTask], list[bytes], int]]:
+    """Group files into batches of about ``batch_bytes``; also say how many runs are finished."""
+    tasks: list[FileTask] = []
+    datas: list[bytes] = []
+    size = 0
+    runs_done = 0
+    for run_tasks in plans:
+        for t in run_tasks:
+            data = t.path.read_bytes()
+            tasks.append(t)
+            datas.append(data)
+            size += len(data)
+            if size >= batch_bytes:
+                yield tasks, datas, runs_done
+                tasks, datas, size = [], [], 0
+        runs_done += 1
+    if tasks:
+        yield tasks, datas, runs_done
+    elif runs_done:
+        yield [], [], runs_done
+
+
+def load_runs(
+    root: Path,
+    selection: Selection,
+    out_dir: Path | None,
+    *,
+    write_events: bool = True,
+    write_sequences: bool = True,
+    batch_bytes: int = 64 << 20,
+    target: TargetFn | None = None,
+    progress: ProgressFn | None = None,
+) -> LoadSummary:
+    """Load the selected runs under ``root`` and stream them to ``out_dir`` (None = only count).
+
+    Returns the :class:`LoadSummary`, also written as ``load_summary.json`` next to the Parquets.
+    Raises :class:`shared.errors.DataLayoutError` when ``root`` holds no known run layout.
+    """
+    t0 = time.perf_counter()
+    root = Path(root)
+    all_runs = discover_runs(root)
+    runs = all_runs if selection.runs is None else all_runs[: selection.runs]
+    summary = LoadSummary(root=str(root), selection=asdict(selection), runs_available=len(all_runs))
+    target = target or target_fn_for_root(root)
+    streams: dict[str, _ParquetStream] = {}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if write_events:
+            streams["events"] = _ParquetStream(out_dir / EVENTS_FILE, EVENTS_SCHEMA)
+        if write_sequences:
+            streams["sequences"] = _ParquetStream(out_dir / SEQUENCES_FILE, SEQUENCES_SCHEMA)
+    try:
+        for tasks, datas, runs_done in _batches(plan_runs(runs, selection, target, summary), batch_bytes):
+            summary.bytes_read += sum(len(d) for d in datas)
+            summary.empty_files += sum(1 for d in datas if not d)
+            if tasks:
+                res = parse_batch(tasks, datas, selection.trim_init_lines)
+                del datas
+                for st in res.stats:
+                    summary.add(st)
+                for p in res.problems:
+                    summary.note(p)
+                summary.sequences_written += res.sequences.height
+                if "events" in streams:
+                    streams["events"].write(res.events)
+                if "sequences" in streams:
+                    streams["sequences"].write(res.sequences)
+            if progress is not None:
+                progress(summary.files_read, runs_done, len(runs), summary.lines)
+    except BaseException:
+        for s in streams.values():
+            s.abort()
+        raise
+    for name, s in streams.items():
+        s.close()
+        summary.outputs[name] = str(s.path)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    if out_dir is not None:
+        summary.outputs["summary"] = str(out_dir / SUMMARY_FILE)
+        summary.write_json(out_dir / SUMMARY_FILE)
+    _log_problems(summary)
+    return summary
+
+
+def _log_problems(s: LoadSummary) -> None:
+    bad = {
+        "malformed lines": s.malformed_lines,
+        "orphan continuation lines": s.orphan_continuation_lines,
+        "undecodable lines": s.undecodable_lines,
+        "empty files": s.empty_files,
+        "test cases with missing services": len(s.missing_services),
+        "runs skipped": len(s.runs_skipped),
+    }
+    found = {k: v for k, v in bad.items() if v}
+    if found:
+        log.warning("bad input met and counted (see load_summary.json): %s", found)
