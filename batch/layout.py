@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import DataLayoutError
-from shared.parsing import SERVICES, service_from_filename
+from shared.parsing import service_from_filename
 
 _RUN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("v1", re.compile(r"light-oauth2-data-(?P<epoch>\d{9,11})")),
@@ -124,10 +124,3 @@ def discover_runs(root: Path) -> list[RunDir]:
         seen[r.run] = r.path
     return sorted(runs, key=lambda r: (r.epoch, r.run))
 
-
-def validate_services(names: list[str]) -> list[str]:
-    """Check service short names; return them in canonical order without duplicates."""
-    bad = [n for n in names if n not in SERVICES]
-    if bad:
-        raise ValueError(f"unknown service(s) {bad}; expected some of {list(SERVICES)}")
-    return [s for s in SERVICES if s in set(names)]

@@ -89,6 +89,21 @@ class Settings(BaseSettings):
         description="Start-up lines dropped at the head of every service log (they leak the label in v1).",
     )
 
+    # --- loader (`lo2 load`, batch/loader.py) ------------------------------------------------------
+    runs_dir: Path = Field(
+        default=PROJECT_ROOT / "data" / "runs",
+        description="Raw LO2 run folders: default --root of `lo2 load` (v1 or v2 layout).",
+    )
+    parquet_dir: Path = Field(
+        default=PROJECT_ROOT / "data" / "parquet",
+        description="Where `lo2 load` writes events.parquet, sequences.parquet and load_summary.json.",
+    )
+    loader_batch_mb: int = Field(
+        default=64,
+        ge=1,
+        description="Raw log megabytes the loader parses per batch (bounds its peak memory).",
+    )
+
 
 def get_settings() -> Settings:
     """Build the settings from the environment (call once per entry point)."""
