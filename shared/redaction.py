@@ -16,6 +16,18 @@ MASK = "***"
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization header values: Basic / Bearer followed by a credential.
     (re.compile(r"(?i)\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~\-\u00c0-\u024f]+"), rf"\1 {MASK}"),
+    # JSON escaped inside a string (a logged request body):  {\"password\":\"x\"}
+    (
+        re.compile(
+            r"""(?ix)
+            (\\["'](?:password|passwordConfirm|newPassword|oldPassword|client_secret|clientSecret|secret|
+            refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
+            authorization|code)\\["']\s*[:=]\s*)
+            (?:\\"(?:[^"\\]|\\[^"])*\\"|[^\s,&}"'\\]+)
+            """
+        ),
+        rf"\1{MASK}",
+    ),
     # JSON-ish key/value pairs whose key names a secret:  "password":"x"  or  'secret': 'x'
     (
         re.compile(
@@ -36,13 +48,29 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1\2{MASK}",
     ),
+    # light-4j status messages that print the secret itself (lo2-data.md status codes):
+    # ERR12011/12012 "Password %s or/and PasswordConfirm %s ...", ERR12008 "Invalid Authorization Code %s".
+    (
+        re.compile(
+            r"(?i)\b(password(?:confirm)?)(\s+)(?![=:*]|(?:or|and|is|are|must|should|for|of|was|not|"
+            r"cannot|can|has|does|do|in|with|to)\b)[^\s,;]+"
+        ),
+        rf"\1\2{MASK}",
+    ),
+    (
+        re.compile(
+            r"(?i)\b(authori[sz]ation[ _]code)(\s+)(?!(?:is|was|request|service|token|grant|flow|for|of|"
+            r"and|or|in|not|with|to)\b)[A-Za-z0-9_\-.~+/=]{4,}"
+        ),
+        rf"\1\2{MASK}",
+    ),
     # JWTs anywhere.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MASK),
 )
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with every known kind of secret replaced by ``***``.
+    r"""Return ``text`` with every known kind of secret replaced by ``***``.
 
     >>> redact('validate( "Basic Zjc1MjllN2U6eUlIcA==", authorization)')
     'validate( "Basic ***", authorization)'
@@ -50,6 +78,12 @@ def redact(text: str) -> str:
     '{"userId":"admin","password":***}'
     >>> redact("refreshToken = 96bce40c-3e1e-41df-ac31-34e16e0a46b8 scope = null")
     'refreshToken = *** scope = null'
+    >>> redact(r'body {\"password\":\"p4ss\",\"userId\":\"admin\"}')
+    'body {\\"password\\":***,\\"userId\\":\\"admin\\"}'
+    >>> redact("Password abc123 and PasswordConfirm xyz789 are not matched.")
+    'Password *** and PasswordConfirm *** are not matched.'
+    >>> redact("Invalid Authorization Code keNUio1dQP-rs6SyE15iUw. Incorrect password.")
+    'Invalid Authorization Code *** Incorrect password.'
     """
     for pattern, repl in _RULES:
         text = pattern.sub(repl, text)
