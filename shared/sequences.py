@@ -1,0 +1,448 @@
+"""Sequences: which events form one unit of scoring, and a compact running summary of each.
+
+One implementation for batch and worker (DESIGN.md): the worker feeds events one by one into a
+:class:`SequenceBuilder`; batch featurizes whole tables with the same policy and the same
+arithmetic (``shared.features``), and a parity test proves the two give identical vectors.
+
+* :class:`SequencePolicy` – ``file`` (run, test_case, service: the LO2 paper's unit; complete at an
+  end marker or after an idle gap) or ``window`` (run/stream, service, tumbling event-time window;
+  complete when that stream's event time passes window end + allowed lateness).  Part of the model
+  bundle, so the worker groups exactly as the model was trained.
+* :class:`SequenceAccumulator` – counts only (template ids, levels, error codes, hashed tokens,
+  stack lines, first/last event time) plus a small ring of redacted evidence lines: memory is
+  bounded by the vocabulary and hashing sizes, never by sequence length.  JSON-able, so the worker
+  can keep it in a Faust changelog table.
+* :class:`SequenceBuilder` – ``add(event) -> closed sequences``, ``end(...)``, ``expire(...)``,
+  ``flush()``.  It needs an *encoder* (``Event -> EncodedEvent``, from ``shared.features``) that maps
+  a message to its template id and tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shared.errors import ConfigError, PayloadError
+from shared.parsing import file_seq_id
+from shared.redaction import redact
+
+log = logging.getLogger(__name__)
+
+PolicyKind = Literal["file", "window"]
+EVIDENCE_MAX_CHARS = 300
+#: Distinct error codes one accumulator keeps; further codes are summed under ``ERR_OTHER``.
+MAX_ERROR_CODES = 128
+ERR_OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One log event as the sequence builder needs it (the worker builds it from ``parse_line``).
+
+    ``run`` is the stream the event belongs to (the LO2 run folder; a live source name otherwise).
+    ``test_case`` is only used for the ``file`` key and as metadata, never as a feature.
+    """
+
+    service: str
+    run: str
+    test_case: str
+    timestamp_ms: int
+    level: str
+    logger: str
+    method: str
+    message: str
+    n_stack_lines: int = 0
+    stack: str | None = None
+    line_no: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """What featurization needs to know about one event beyond its level and stack."""
+
+    template_id: int
+    error_codes: tuple[str, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    failure_text: bool = False
+    unseen: bool = False
+
+
+Encoder = Callable[[Event], EncodedEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class SequencePolicy:
+    """Which events form one sequence and when it is complete (see the module docstring)."""
+
+    kind: PolicyKind = "file"
+    window_seconds: float = 60.0
+    allowed_lateness_seconds: float = 5.0
+    idle_gap_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("file", "window"):
+            raise ConfigError(f"sequence policy kind must be 'file' or 'window', got {self.kind!r}")
+        for name in ("window_seconds", "idle_gap_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"sequence policy {name} must be > 0, got {getattr(self, name)!r}")
+        if self.allowed_lateness_seconds < 0:
+            raise ConfigError(
+                f"sequence policy allowed_lateness_seconds must be >= 0, got {self.allowed_lateness_seconds!r}"
+            )
+
+    @property
+    def window_ms(self) -> int:
+        return int(round(self.window_seconds * 1000))
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(round(self.allowed_lateness_seconds * 1000))
+
+    @property
+    def idle_gap_ms(self) -> int:
+        return int(round(self.idle_gap_seconds * 1000))
+
+    def window_start_ms(self, timestamp_ms: int) -> int:
+        """Start of the tumbling window that holds ``timestamp_ms`` (aligned to the epoch)."""
+        return timestamp_ms - timestamp_ms % self.window_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "window_seconds": self.window_seconds,
+            "allowed_lateness_seconds": self.allowed_lateness_seconds,
+            "idle_gap_seconds": self.idle_gap_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SequencePolicy:
+        try:
+            return cls(
+                kind=data["kind"],
+                window_seconds=float(data["window_seconds"]),
+                allowed_lateness_seconds=float(data["allowed_lateness_seconds"]),
+                idle_gap_seconds=float(data["idle_gap_seconds"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"sequence policy JSON is malformed: {exc!r} in {data!r}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> SequencePolicy:
+        return cls.from_dict(json.loads(text))
+
+
+def window_seq_id(stream: str, service: str, window_start_ms: int) -> str:
+    """Stable id of a window sequence (stream = run folder or live source name)."""
+    return hashlib.blake2b(f"{stream}|{service}|w{window_start_ms}".encode(), digest_size=8).hexdigest()
+
+
+def _priority(level: str, enc: EncodedEvent) -> int:
+    """Evidence priority: errors first, then warnings and unseen templates, then the rest."""
+    if level in ("ERROR", "FATAL"):
+        return 3
+    if level == "WARN" or enc.unseen:
+        return 2
+    if enc.error_codes or enc.failure_text:
+        return 1
+    return 0
+
+
+@dataclass(slots=True)
+class SequenceAccumulator:
+    """Running counts of one sequence; bounded memory; JSON-able (``to_dict``/``from_dict``)."""
+
+    seq_id: str
+    run: str
+    test_case: str
+    service: str
+    window_start_ms: int | None = None
+    n_events: int = 0
+    n_stack_lines: int = 0
+    n_stack_events: int = 0
+    n_error_code_events: int = 0
+    n_failure_events: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+    template_counts: dict[int, int] = field(default_factory=dict)
+    level_counts: dict[str, int] = field(default_factory=dict)
+    error_code_counts: dict[str, int] = field(default_factory=dict)
+    token_counts: dict[int, int] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    evidence_cap: int = 5
+
+    def add(self, event: Event, enc: EncodedEvent) -> None:
+        """Fold one event in (O(tokens of the event))."""
+        self.n_events += 1
+        ts = event.timestamp_ms
+        self.first_ms = ts if self.first_ms is None else min(self.first_ms, ts)
+        self.last_ms = ts if self.last_ms is None else max(self.last_ms, ts)
+        tc = self.template_counts
+        tc[enc.template_id] = tc.get(enc.template_id, 0) + 1
+        lc = self.level_counts
+        lc[event.level] = lc.get(event.level, 0) + 1
+        if event.n_stack_lines > 0:
+            self.n_stack_events += 1
+            self.n_stack_lines += event.n_stack_lines
+        if enc.failure_text:
+            self.n_failure_events += 1
+        if enc.error_codes:
+            self.n_error_code_events += 1
+            ec = self.error_code_counts
+            for code in enc.error_codes:
+                if code not in ec and len(ec) >= MAX_ERROR_CODES:
+                    code = ERR_OTHER
+                ec[code] = ec.get(code, 0) + 1
+        tk = self.token_counts
+        for t in enc.token_ids:
+            tk[t] = tk.get(t, 0) + 1
+        if self.evidence_cap > 0:
+            self._offer_evidence(event, enc)
+
+    def _offer_evidence(self, event: Event, enc: EncodedEvent) -> None:
+        prio = _priority(event.level, enc)
+        ev = self.evidence
+        if len(ev) >= self.evidence_cap and prio <= min(e["priority"] for e in ev):
+            return  # ties keep the earliest lines
+        line = {
+            "priority": prio,
+            "line_no": event.line_no,
+            "timestamp_ms": event.timestamp_ms,
+            "level": event.level,
+            "logger": event.logger,
+            "method": event.method,
+            "template_id": enc.template_id,
+            "message": redact(event.message)[:EVIDENCE_MAX_CHARS],
+        }
+        if event.stack:
+            line["stack_head"] = redact(event.stack.split("\n", 1)[0])[:EVIDENCE_MAX_CHARS]
+        ev.append(line)
+        if len(ev) > self.evidence_cap:
+            # drop the lowest priority, latest line
+            worst = min(range(len(ev)), key=lambda i: (ev[i]["priority"], -i))
+            del ev[worst]
+
+    @property
+    def duration_ms(self) -> int:
+        if self.first_ms is None or self.last_ms is None:
+            return 0
+        return self.last_ms - self.first_ms
+
+    @property
+    def duration_s(self) -> float:
+        return self.duration_ms / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq_id": self.seq_id,
+            "run": self.run,
+            "test_case": self.test_case,
+            "service": self.service,
+            "window_start_ms": self.window_start_ms,
+            "n_events": self.n_events,
+            "n_stack_lines": self.n_stack_lines,
+            "n_stack_events": self.n_stack_events,
+            "n_error_code_events": self.n_error_code_events,
+            "n_failure_events": self.n_failure_events,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+            # JSON object keys are strings; ints are restored in from_dict.
+            "template_counts": {str(k): v for k, v in self.template_counts.items()},
+            "level_counts": dict(self.level_counts),
+            "error_code_counts": dict(self.error_code_counts),
+            "token_counts": {str(k): v for k, v in self.token_counts.items()},
+            "evidence": [dict(e) for e in self.evidence],
+            "evidence_cap": self.evidence_cap,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SequenceAccumulator:
+        try:
+            return cls(
+                seq_id=data["seq_id"],
+                run=data["run"],
+                test_case=data["test_case"],
+                service=data["service"],
+                window_start_ms=data["window_start_ms"],
+                n_events=int(data["n_events"]),
+                n_stack_lines=int(data["n_stack_lines"]),
+                n_stack_events=int(data["n_stack_events"]),
+                n_error_code_events=int(data["n_error_code_events"]),
+                n_failure_events=int(data["n_failure_events"]),
+                first_ms=data["first_ms"],
+                last_ms=data["last_ms"],
+                template_counts={int(k): int(v) for k, v in data["template_counts"].items()},
+                level_counts={str(k): int(v) for k, v in data["level_counts"].items()},
+                error_code_counts={str(k): int(v) for k, v in data["error_code_counts"].items()},
+                token_counts={int(k): int(v) for k, v in data["token_counts"].items()},
+                evidence=[dict(e) for e in data["evidence"]],
+                evidence_cap=int(data["evidence_cap"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PayloadError("bad_accumulator_state", f"sequence accumulator state is malformed: {exc!r}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> SequenceAccumulator:
+        return cls.from_dict(json.loads(text))
+
+
+CloseReason = Literal["end", "idle", "window", "flush"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSequence:
+    """A complete sequence, ready to be vectorized and scored."""
+
+    accumulator: SequenceAccumulator
+    reason: CloseReason
+
+    @property
+    def seq_id(self) -> str:
+        return self.accumulator.seq_id
+
+
+@dataclass(slots=True)
+class BuilderStats:
+    events: int = 0
+    late_events: int = 0
+    closed: int = 0
+    reopened: int = 0
+
+
+class SequenceBuilder:
+    """Group events into sequences incrementally (the worker's and the parity test's path).
+
+    ``store`` holds the open accumulators keyed by seq id; pass a mapping of your own (e.g. a wrapper
+    around a Faust table) to persist them: the builder re-assigns ``store[key] = acc`` after every
+    change so a changelog sees each update.  Watermarks (max event time per stream/service) are
+    kept in memory and rebuilt from the stored accumulators on construction.
+    """
+
+    def __init__(
+        self,
+        policy: SequencePolicy,
+        encoder: Encoder,
+        *,
+        store: MutableMapping[str, SequenceAccumulator] | None = None,
+        evidence_cap: int = 5,
+    ) -> None:
+        self.policy = policy
+        self.encoder = encoder
+        self.store: MutableMapping[str, SequenceAccumulator] = {} if store is None else store
+        self.evidence_cap = evidence_cap
+        self.stats = BuilderStats()
+        self._watermark: dict[tuple[str, str], int] = {}  # (run, service) -> max event time (window)
+        self._global_watermark: int | None = None  # max event time overall (file idle gap)
+        self._closed_windows: dict[tuple[str, str], int] = {}  # (run, service) -> end of last closed window
+        for acc in self.store.values():
+            if acc.last_ms is not None:
+                self._advance(acc.run, acc.service, acc.last_ms)
+
+    def _advance(self, run: str, service: str, ts: int) -> None:
+        k = (run, service)
+        if ts > self._watermark.get(k, ts - 1):
+            self._watermark[k] = ts
+        if self._global_watermark is None or ts > self._global_watermark:
+            self._global_watermark = ts
+
+    def key_of(self, event: Event) -> tuple[str, int | None]:
+        """(seq id, window start or None) of the sequence this event belongs to."""
+        if self.policy.kind == "file":
+            return file_seq_id(event.run, event.test_case, event.service), None
+        ws = self.policy.window_start_ms(event.timestamp_ms)
+        return window_seq_id(event.run, event.service, ws), ws
+
+    def add(self, event: Event) -> list[ClosedSequence]:
+        """Fold one event in; return the sequences this event's time completes (maybe none)."""
+        self.stats.events += 1
+        seq_id, ws = self.key_of(event)
+        if ws is not None:
+            closed_end = self._closed_windows.get((event.run, event.service))
+            if closed_end is not None and ws + self.policy.window_ms <= closed_end:
+                self.stats.late_events += 1
+                log.debug("late event dropped: %s/%s window %d already closed", event.run, event.service, ws)
+                return self._close_due(event.run, event.service)
+        acc = self.store.get(seq_id)
+        if acc is None:
+            acc = SequenceAccumulator(
+                seq_id=seq_id,
+                run=event.run,
+                test_case=event.test_case,
+                service=event.service,
+                window_start_ms=ws,
+                evidence_cap=self.evidence_cap,
+            )
+        acc.add(event, self.encoder(event))
+        self.store[seq_id] = acc
+        self._advance(event.run, event.service, event.timestamp_ms)
+        return self._close_due(event.run, event.service)
+
+    def _close_due(self, run: str, service: str) -> list[ClosedSequence]:
+        if self.policy.kind == "window":
+            wm = self._watermark.get((run, service))
+            if wm is None:
+                return []
+            return self._close_windows(run, service, wm - self.policy.lateness_ms, "window")
+        if self._global_watermark is None:
+            return []
+        return self.expire(self._global_watermark)
+
+    def _close_windows(self, run: str, service: str, up_to_ms: int, reason: CloseReason) -> list[ClosedSequence]:
+        """Close the windows of (run, service) whose end is <= ``up_to_ms``."""
+        out: list[ClosedSequence] = []
+        for key, acc in list(self._iter_open()):
+            if acc.run == run and acc.service == service and acc.window_start_ms is not None:
+                end = acc.window_start_ms + self.policy.window_ms
+                if end <= up_to_ms:
+                    out.append(self._pop(key, reason))
+                    k = (run, service)
+                    self._closed_windows[k] = max(self._closed_windows.get(k, end), end)
+        return sorted(out, key=lambda c: c.accumulator.window_start_ms or 0)
+
+    def _iter_open(self) -> Iterator[tuple[str, SequenceAccumulator]]:
+        return iter(list(self.store.items()))
+
+    def _pop(self, key: str, reason: CloseReason) -> ClosedSequence:
+        acc = self.store.pop(key)
+        self.stats.closed += 1
+        return ClosedSequence(acc, reason)
+
+    def end(self, run: str, test_case: str, service: str) -> list[ClosedSequence]:
+        """End-of-stream marker: close the file sequence (file) or every window (window) of it."""
+        if self.policy.kind == "file":
+            key = file_seq_id(run, test_case, service)
+            return [self._pop(key, "end")] if key in self.store else []
+        return self._close_windows(run, service, 2**62, "end")
+
+    def expire(self, now_ms: int) -> list[ClosedSequence]:
+        """Close what is idle at event/wall time ``now_ms`` (file: idle gap; window: end + lateness)."""
+        out: list[ClosedSequence] = []
+        for key, acc in self._iter_open():
+            last = acc.last_ms if acc.last_ms is not None else now_ms
+            if self.policy.kind == "file":
+                if now_ms - last >= self.policy.idle_gap_ms:
+                    out.append(self._pop(key, "idle"))
+            elif acc.window_start_ms is not None and (
+                acc.window_start_ms + self.policy.window_ms + self.policy.lateness_ms <= now_ms
+                or now_ms - last >= self.policy.idle_gap_ms
+            ):
+                out.append(self._pop(key, "window"))
+        return out
+
+    def flush(self) -> list[ClosedSequence]:
+        """End of input: close everything still open (in order of first event time)."""
+        keys = sorted(self.store, key=lambda k: (self.store[k].first_ms or 0, k))
+        return [self._pop(k, "flush") for k in keys]
+
+    @property
+    def open_sequences(self) -> int:
+        return len(self.store)
