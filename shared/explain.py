@@ -334,6 +334,60 @@ def build_explainer_state(
     )
 
 
+_LEVEL_PREFIX = "level:"
+
+
+def feature_label(name: str) -> str:
+    """A readable name for a feature column of ``shared.features`` (what people see in explanations).
+
+    ``tpl:<template>`` -> the template text; ``err:ERR12007`` -> ``ERR12007 UNAUTHORIZED_CLIENT``
+    (from the light-4j status catalog); ``level:ERROR`` -> ``share of ERROR events``; token columns
+    ``tok:<word>`` -> ``token '<word>'``; anything else unchanged.
+    """
+    if name.startswith("tpl:"):
+        return name[4:]
+    if name.startswith("err:"):
+        code = name[4:]
+        from shared.catalog import STATUS_CODES
+
+        status = STATUS_CODES.get(code)
+        return f"{code} {status.message}" if status is not None else f"error code {code}"
+    if name.startswith(_LEVEL_PREFIX):
+        return f"share of {name[len(_LEVEL_PREFIX):]} events"
+    if name.startswith("tok:"):
+        return f"token '{name[4:]}'"
+    return name
+
+
+def feature_templates_of(spec: Any, n_features: int) -> list[str | None]:
+    """Template key (``str(template_id)``) of each feature column of a ``FeatureSpec``, else None.
+
+    The first ``len(spec.top_template_ids)`` columns are the per-template shares (see
+    ``shared.features._RawLayout``); their keys match the ``template_id`` of evidence lines kept by
+    ``shared.sequences.SequenceAccumulator``.
+    """
+    top = [str(t) for t in getattr(spec, "top_template_ids", ())]
+    return top[:n_features] + [None] * max(0, n_features - len(top))
+
+
+def build_explainer_state_for_spec(
+    spec: Any, X_normal: Any, seq_ids: Sequence[str], *, feature_names: Sequence[str] | None = None, **kwargs: Any
+) -> ExplainerState:
+    """:func:`build_explainer_state` with names, readable labels and template keys taken from the spec.
+
+    What a bundle builder calls with the training runs' ``correct`` rows of ``FeatureMatrix.X``.
+    """
+    names = list(feature_names if feature_names is not None else spec.feature_names)
+    return build_explainer_state(
+        X_normal,
+        names,
+        seq_ids,
+        feature_templates=feature_templates_of(spec, len(names)),
+        feature_labels=[feature_label(n) for n in names],
+        **kwargs,
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # Attribution
 # ------------------------------------------------------------------------------------------------
@@ -404,49 +458,82 @@ def oriented_shap(values: Any, orientation: int) -> FloatArray:
 # ------------------------------------------------------------------------------------------------
 # Evidence
 # ------------------------------------------------------------------------------------------------
-EvidenceItem = str | tuple[str | None, str]
+EvidenceItem = str | tuple[str | None, str] | Mapping[str, Any]
 
 _TEMPLATE_WILDCARD = re.compile(r"<[^<>\s]*>")
 
 
-def _template_regex(template: str) -> re.Pattern[str]:
-    """A regex that matches a log message produced by a Drain-style template (``<*>`` = anything)."""
-    parts = _TEMPLATE_WILDCARD.split(template)
-    return re.compile(".*?".join(re.escape(p) for p in parts))
+_READABLE_TEMPLATE = re.compile(r"^(TRACE|DEBUG|INFO|WARN|ERROR|FATAL) (\S+) (\S+) - (.*)$", re.DOTALL)
+
+
+def _wildcard_regex(text: str) -> str:
+    parts = _TEMPLATE_WILDCARD.split(text)
+    return ".*?".join(re.escape(p) for p in parts)
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """A regex that finds a log line produced by a template (``<*>``/``<NUM>``... = anything).
+
+    A readable template ``LEVEL ShortLogger method - text`` (``Template.readable``) also matches
+    lines with the full logger name (``c.n.o.t.h.Oauth2TokenPostHandler``).
+    """
+    m = _READABLE_TEMPLATE.match(template)
+    if m is None:
+        return re.compile(_wildcard_regex(template))
+    level, short, method, text = m.groups()
+    return re.compile(
+        rf"\b{level}\s+(?:\S*\.)?{re.escape(short)}\s+{re.escape(method)} - {_wildcard_regex(text)}"
+    )
+
+
+def _evidence_pair(item: EvidenceItem) -> tuple[str | None, str]:
+    """(template key or None, line) of one evidence item (see :func:`select_evidence`)."""
+    if isinstance(item, str):
+        return None, item
+    if isinstance(item, tuple):
+        return (None if item[0] is None else str(item[0])), str(item[1])
+    # a SequenceAccumulator evidence dict
+    tid = item.get("template_id")
+    head = " ".join(str(item[k]) for k in ("level", "logger", "method") if item.get(k))
+    line = f"{head} - {item.get('message', '')}" if head else str(item.get("message", ""))
+    if item.get("stack_head"):
+        line = f"{line} | {item['stack_head']}"
+    return (None if tid is None else str(tid)), line
 
 
 def select_evidence(
     items: Iterable[EvidenceItem],
-    top_templates: Sequence[str],
+    top_templates: Sequence[str | tuple[str | None, str]],
     max_lines: int,
     pattern_cache: dict[str, re.Pattern[str]] | None = None,
 ) -> list[str]:
-    """Up to ``max_lines`` redacted lines, first those of the top templates (in rank order).
+    """Up to ``max_lines`` redacted lines, first one line per top template (in rank order).
 
-    An item is either ``(template_key, line)`` (matched by key) or a bare line (matched against the
-    template text with ``<*>`` as a wildcard).  If no line matches a top template, the first lines are
-    used, so an anomaly record always carries some evidence when the sequence has any.
+    ``top_templates``: ``(template_key, template_text)`` pairs or bare template texts.  An item is
+    ``(template_key, line)`` or a ``SequenceAccumulator`` evidence dict (matched by key when both
+    sides have one), or a bare line (matched against the template text, ``<...>`` as a wildcard).
+    The remaining slots are filled with the first other lines, so an anomaly record always carries
+    some evidence when the sequence has any.
     """
     if max_lines <= 0:
         return []
-    lines: list[tuple[str | None, str]] = [
-        item if isinstance(item, tuple) else (None, item) for item in items
-    ]
+    lines = [_evidence_pair(item) for item in items]
     cache = pattern_cache if pattern_cache is not None else {}
     chosen: list[int] = []
     taken: set[int] = set()
     for template in top_templates:
         if len(chosen) >= max_lines:
             break
-        pattern = cache.get(template)
+        t_key, t_text = template if isinstance(template, tuple) else (None, template)
         for i, (key, line) in enumerate(lines):
             if i in taken:
                 continue
-            if key is not None:
-                hit = key == template
+            if key is not None and t_key is not None:
+                hit = key == t_key
             else:
+                pattern = cache.get(t_text)
                 if pattern is None:
-                    pattern = cache.setdefault(template, _template_regex(template))
+                    pattern = cache.setdefault(t_text, template_regex(t_text))
                 hit = pattern.search(line) is not None
             if hit:
                 chosen.append(i)
@@ -564,7 +651,11 @@ class SequenceExplainer:
             )
             for j in top
         ]
-        templates = [t for t in (st.feature_templates[j] for j in top) if t is not None]
+        templates: list[str | tuple[str | None, str]] = [
+            (st.feature_templates[j], st.feature_labels[j])
+            for j in top
+            if st.feature_templates[j] is not None or st.feature_names[j].startswith("tpl:")
+        ]
         lines = select_evidence(evidence, templates, max_evidence, self._patterns)
         return Explanation(
             method=self.method,
@@ -586,7 +677,7 @@ class ExplainableBundle(Protocol):
 
 #: id(bundle) -> (weak or strong reference to the bundle, its explainer).  Keyed by id because
 #: bundles need not be hashable; the stored reference guards against a reused id.
-_EXPLAINERS: dict[int, tuple[Any, SequenceExplainer]] = {}
+_EXPLAINERS: dict[tuple[int, int], tuple[Any, SequenceExplainer]] = {}
 _EXPLAINERS_LOCK = threading.Lock()
 _MAX_CACHED = 8
 
@@ -598,12 +689,27 @@ def _ref(obj: Any) -> Any:
         return lambda: obj
 
 
-def explainer_for(bundle: ExplainableBundle, method: Method = "auto") -> SequenceExplainer:
-    """The cached :class:`SequenceExplainer` of a bundle (built on first use, one per live bundle)."""
+def _model_for(bundle: Any, service: str | None) -> Any:
+    detectors = getattr(bundle, "detectors", None)
+    if service is not None and isinstance(detectors, Mapping) and service in detectors:
+        return detectors[service]
+    return bundle.model
+
+
+def explainer_for(
+    bundle: ExplainableBundle, method: Method = "auto", service: str | None = None
+) -> SequenceExplainer:
+    """The cached :class:`SequenceExplainer` of a bundle (built on first use, one per live bundle).
+
+    For per-service bundles (``bundle.detectors`` keyed by service) pass ``service`` to explain
+    with that service's detector; the normal ranges and reference set are shared.
+    """
+    model = _model_for(bundle, service)
     with _EXPLAINERS_LOCK:
         for key in [k for k, (r, _) in _EXPLAINERS.items() if r() is None]:
             del _EXPLAINERS[key]
-        entry = _EXPLAINERS.get(id(bundle))
+        cache_key = (id(bundle), id(model))
+        entry = _EXPLAINERS.get(cache_key)
         if entry is not None and entry[0]() is bundle and method in ("auto", entry[1].method):
             return entry[1]
         state = bundle.explainer_state
@@ -613,10 +719,10 @@ def explainer_for(bundle: ExplainableBundle, method: Method = "auto") -> Sequenc
                 "(build it with shared.explain.build_explainer_state and save it in the bundle)"
             )
             raise ModelLoadError(msg)
-        explainer = SequenceExplainer(state, bundle.model, method)
+        explainer = SequenceExplainer(state, model, method)
         if len(_EXPLAINERS) >= _MAX_CACHED:
             _EXPLAINERS.pop(next(iter(_EXPLAINERS)))
-        _EXPLAINERS[id(bundle)] = (_ref(bundle), explainer)
+        _EXPLAINERS[cache_key] = (_ref(bundle), explainer)
         return explainer
 
 
@@ -628,11 +734,16 @@ def explain_sequence(
     top_k: int = 5,
     max_evidence: int = 5,
     method: Method = "auto",
+    service: str | None = None,
 ) -> Explanation:
     """Explain one flagged sequence: top-k features with normal ranges, nearest normal, evidence.
 
     ``features``: the sequence's feature vector (1-D or one-row 2-D, NumPy or sparse), in the
-    bundle's feature order.  ``evidence``: the sequence's retained lines, bare or as
-    ``(template_key, line)``; at most ``max_evidence`` are returned, redacted.
+    bundle's feature order.  ``evidence``: the sequence's retained lines: bare strings,
+    ``(template_key, line)`` pairs, or the dicts of ``SequenceAccumulator.evidence``; at most
+    ``max_evidence`` are returned, redacted.  ``method``: ``auto`` = tree SHAP for tree models,
+    deviation otherwise.  ``service`` picks the detector of a per-service bundle.
     """
-    return explainer_for(bundle, method).explain(features, evidence, top_k=top_k, max_evidence=max_evidence)
+    return explainer_for(bundle, method, service).explain(
+        features, evidence, top_k=top_k, max_evidence=max_evidence
+    )

@@ -125,9 +125,42 @@ def test_evidence_prefers_top_templates_and_is_redacted() -> None:
     assert any("Basic ***" in line for line in chosen)
     # keyed items match by template key; unmatched sequences still give some evidence
     keyed = [("t1", "a"), ("t2", "b"), ("t3", "c")]
-    assert select_evidence(keyed, ["t3"], 1) == ["c"]
-    assert select_evidence(keyed, ["zz"], 2) == ["a", "b"]
-    assert select_evidence(keyed, ["t1"], 0) == []
+    assert select_evidence(keyed, [("t3", "whatever")], 1) == ["c"]
+    assert select_evidence(keyed, [("zz", "nothing")], 2) == ["a", "b"]
+    assert select_evidence(keyed, [("t1", "a")], 0) == []
+
+
+def test_evidence_from_accumulator_dicts_and_readable_templates() -> None:
+    """The worker passes SequenceAccumulator.evidence dicts; batch passes bare lines."""
+    acc_lines = [
+        {"template_id": 7, "level": "DEBUG", "logger": "c.n.X", "method": "m", "message": "noise"},
+        {"template_id": 12, "level": "ERROR", "logger": "c.n.o.t.h.Oauth2TokenPostHandler",
+         "method": "handleRequest", "message": "ApiException", "stack_head": "at com.Foo(Bar.java:1)"},
+    ]
+    assert select_evidence(acc_lines, [("12", "ignored")], 1) == [
+        "ERROR c.n.o.t.h.Oauth2TokenPostHandler handleRequest - ApiException | at com.Foo(Bar.java:1)"
+    ]
+    readable = "ERROR Oauth2TokenPostHandler handleRequest - Status <*> for client <*>"
+    bare = [
+        "16:29:42.425 [XNIO-1 task-2]  9lZs DEBUG c.n.o.t.h.Oauth2TokenPostHandler handleRequest - start",
+        "16:29:42.426 [XNIO-1 task-2]  9lZs ERROR c.n.o.t.h.Oauth2TokenPostHandler handleRequest - Status ERR12007 for client abc",
+    ]
+    assert select_evidence(bare, [readable], 1) == [bare[1]]
+
+
+def test_feature_labels_are_readable() -> None:
+    from shared.explain import feature_label, feature_templates_of
+
+    assert feature_label("tpl:ERROR Oauth2TokenPostHandler handleRequest - ApiException").startswith("ERROR Oauth2")
+    assert feature_label("err:ERR12007") == "ERR12007 UNAUTHORIZED_CLIENT"
+    assert feature_label("level:WARN") == "share of WARN events"
+    assert feature_label("tok:password") == "token 'password'"
+    assert feature_label("rate:events_per_s") == "rate:events_per_s"
+
+    class Spec:
+        top_template_ids = (5, 9)
+
+    assert feature_templates_of(Spec(), 4) == ["5", "9", None, None]
 
 
 def test_state_round_trips_through_files(state: ExplainerState, tmp_path: Path) -> None:
