@@ -87,6 +87,16 @@ RULES: tuple[MaskRule, ...] = (
         r"(\"[^\"\s]+\"\s*:\s*)(?:\"(?:[^\"\\]|\\.)*\"|-?[0-9][0-9.eE+-]*|true|false|null)",
         "${1}" + VALUE,
     ),
+    # The same inside a logged string (escaped JSON):  {\"password\":\"x\"}
+    MaskRule(
+        "json_value_escaped",
+        r"(\\\"[^\"\\\s]+\\\"\s*:\s*)(?:\\\"(?:[^\"\\]|\\[^\"])*\\\"|-?[0-9][0-9.eE+-]*|true|false|null)",
+        "${1}" + VALUE,
+    ),
+    # Quoted values in free text, e.g. validate( "admin", "admin", userId).  The closing boundary
+    # is consumed (a JSON key, followed by ':', is never matched), so the rule runs twice.
+    MaskRule("quoted_value", r"([(,=]\s*)\"[^\"<>]*\"([\s,)]|$)", "${1}\"" + VALUE + "\"${2}"),
+    MaskRule("quoted_value_again", r"([(,=]\s*)\"[^\"<>]*\"([\s,)]|$)", "${1}\"" + VALUE + "\"${2}"),
     MaskRule(
         "uuid",
         r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
