@@ -104,6 +104,40 @@ class Settings(BaseSettings):
         description="Raw log megabytes the loader parses per batch (bounds its peak memory).",
     )
 
+    # --- features, templates, sequences (shared/features.py, templates.py, sequences.py) --------------
+    feature_top_templates: int = Field(
+        default=200,
+        ge=0,
+        description="Templates (most frequent in training first) that get their own share column.",
+    )
+    feature_min_support: int = Field(
+        default=5,
+        ge=1,
+        description="Templates seen fewer times than this in training go to the 'rare' bucket.",
+    )
+    feature_hash_dims: int = Field(
+        default=4096,
+        ge=16,
+        description="Width of the hashed token representation (X_tokens) of the word-based models.",
+    )
+    drain_sim_th: float = Field(default=0.4, gt=0, le=1, description="Drain3 similarity threshold (template mining).")
+    drain_depth: int = Field(default=4, ge=3, description="Drain3 parse-tree depth (template mining).")
+    sequence_policy: str = Field(
+        default="file",
+        pattern="^(file|window)$",
+        description="Sequences: 'file' = (run, test_case, service), the LO2 unit; 'window' = tumbling event-time windows per service.",
+    )
+    window_seconds: float = Field(default=60.0, gt=0, description="Window length of the 'window' sequence policy.")
+    allowed_lateness_seconds: float = Field(
+        default=5.0, ge=0, description="How long a window waits for late events after its end (event time)."
+    )
+    idle_gap_seconds: float = Field(
+        default=60.0, gt=0, description="A sequence with no event for this long (event time) is complete."
+    )
+    evidence_lines: int = Field(
+        default=5, ge=0, description="Redacted evidence lines kept per sequence (ERROR/WARN/unseen first)."
+    )
+
 
 def get_settings() -> Settings:
     """Build the settings from the environment (call once per entry point)."""
