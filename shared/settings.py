@@ -68,6 +68,43 @@ class Settings(BaseSettings):
     kafka_heap: str = Field(default="512m", description="Java heap of the local broker (-Xmx).")
     kafka_start_timeout_s: float = Field(default=60.0, description="How long to wait for the broker to answer.")
 
+    # --- Kafka (local broker runner: worker/broker.py, `lo2 kafka`, tests/plugins/kafka.py) --------
+    kafka_host: str = Field(
+        default="127.0.0.1",
+        description="Interface the local broker listens on and advertises (loopback: it is a dev/test broker).",
+    )
+    kafka_resources_dir: Path = Field(
+        default=PROJECT_ROOT / "deploy" / "kafka",
+        description="Folder with pom.xml, log4j2.xml and server.properties.template of the local broker.",
+    )
+    kafka_java: str = Field(default="java", description="Java 17+ executable that runs the broker (name on PATH or path).")
+    kafka_mvn: str = Field(default="mvn", description="Maven executable that fetches the Kafka jars (name on PATH or path).")
+    kafka_jvm_opts: str = Field(
+        default="-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+        description=(
+            "Extra JVM flags of the local broker.  The default trades peak throughput for start-up time "
+            "and a small footprint (C1 JIT only, one GC thread): right for tests and the demo."
+        ),
+    )
+    kafka_cds: bool = Field(
+        default=True,
+        description=(
+            "Keep a JVM class-data-sharing archive per Kafka version in the cache: the first broker "
+            "writes it when it stops, later starts map it and start faster."
+        ),
+    )
+    kafka_log_level: str = Field(
+        default="WARN",
+        description="Log4j2 level of the broker's own log file <state-dir>/logs/server.log (INFO to debug it).",
+    )
+    kafka_stop_timeout_s: float = Field(
+        default=30.0, description="How long `stop` waits after SIGTERM before it kills the broker."
+    )
+    kafka_docker_image: str = Field(
+        default="confluentinc/cp-kafka:7.6.0",
+        description="Image of the testcontainers fallback broker (tests only, when Java/Maven are missing).",
+    )
+
     # --- topics ----------------------------------------------------------------------------------
     input_topic: str = Field(default="lo2.logs", description="Input topic with OAuth2 log events.")
     anomalies_topic: str = Field(default="lo2.anomalies", description="Output topic with anomaly records.")
