@@ -1,0 +1,356 @@
+"""Train the IsolationForest and registry models on whole training runs and save versioned bundles.
+
+Keeps the flags of LogLead's LO2_samples.py with their meaning (--phase, --if-*, --report-*,
+--models, --list-models, --save-model, --load-model, --dump-metadata, --save-enhancers,
+--sample-seed) and fixes what they did wrong: the split is by whole runs (run epoch order), the
+IsolationForest learns only training-run `correct` sequences, thresholds are quantiles of
+validation `correct` scores, metrics come from held-out test runs, --save-model saves every trained
+model as a bundle, and --load-model scores with the saved bundle without ever refitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from shared.bundle import ModelBundle
+    from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The reference's default registry selection for --phase full.
+DEFAULT_MODELS = "event_lr_words,event_dt_trigrams,sequence_lr_numeric,sequence_shap_lr_words"
+#: Reference item columns → our input kinds (all token views are the hashed message tokens).
+IF_ITEMS = {
+    "numeric": "numeric",
+    "tokens": "tokens",
+    "e_words": "tokens",
+    "e_trigrams": "tokens",
+    "e_event_drain_id": "numeric",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("input")
+    src.add_argument("--input", type=Path, default=None,
+                     help="events.parquet from `lo2 load` (default: <settings parquet_dir>/events.parquet)")
+    src.add_argument("--root", type=Path, default=None,
+                     help="raw LO2 run folders to load first (instead of --input); parsed with `lo2 load` defaults")
+    src.add_argument("--services", nargs="+", default=None, metavar="SERVICE",
+                     help="train on these services only (default: every service in the data)")
+    parser.add_argument("--phase", choices=["enhancers", "if", "full"], default="full",
+                        help="enhancers = featurize only; if = stop after the IsolationForest; "
+                        "full = IsolationForest plus --models (default)")
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help=f"comma-separated registry keys trained in --phase full (default: {DEFAULT_MODELS})")
+    parser.add_argument("--list-models", action="store_true", help="print the registry keys and exit")
+    parser.add_argument("--sample-seed", type=int, default=None,
+                        help="seed of models and splits (default: settings seed, LO2_SEED)")
+    parser.add_argument("--label", choices=["service", "paper"], default="service",
+                        help="label supervised models learn: service = the error targets this service "
+                        "(anomaly_service), paper = test_case != correct (default: service)")
+    parser.add_argument("--per-service", action="store_true",
+                        help="one model and threshold per service instead of one pooled model")
+    iff = parser.add_argument_group("IsolationForest")
+    iff.add_argument("--if-contamination", default="auto",
+                     help="IsolationForest contamination: 'auto' (default; the alert threshold comes from "
+                     "validation quantiles, not from guessing the anomaly share) or a fraction in (0, 0.5]")
+    iff.add_argument("--if-n-estimators", type=int, default=200, help="IsolationForest trees (default 200)")
+    iff.add_argument("--if-max-samples", default="auto", help="'auto' or an integer row count per tree")
+    iff.add_argument("--if-item", choices=sorted(IF_ITEMS), default="numeric",
+                     help="IF input: numeric = dense shares/rates (default); tokens = hashed message tokens "
+                     "(reference names e_words/e_trigrams map to tokens, e_event_drain_id to numeric)")
+    iff.add_argument("--if-numeric", default="",
+                     help="comma-separated raw sequence columns appended to the IF input, from "
+                     "n_events,duration_s,n_stack_lines (they leak the label in v1: see the canary)")
+    iff.add_argument("--if-holdout-fraction", type=float, default=0.2,
+                     help="share of runs held out as validation runs (threshold calibration, PSI); "
+                     "another --test-fraction of runs is the test set (default 0.2)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="share of runs (newest first) held out for the test metrics (default 0.2)")
+    iff.add_argument("--if-threshold-percentile", type=float, default=99.0,
+                     help="alert threshold = this percentile of validation correct scores; 99.5 and 0.995 "
+                     "mean the same (default 99)")
+    rep = parser.add_argument_group("reporting")
+    rep.add_argument("--report-precision-at", type=int, default=10, help="k of Precision@k (default 10)")
+    rep.add_argument("--report-fp-alpha", type=float, default=0.01, help="α of FP-rate@α (default 0.01)")
+    rep.add_argument("--report-psi", action="store_true",
+                     help="print the PSI of training vs validation correct scores")
+    out = parser.add_argument_group("output")
+    out.add_argument("--save-model", nargs="?", const="", default=None, metavar="DIR",
+                     help="save every trained model as a bundle <DIR>/<key>-<UTC time> "
+                     "(DIR default: settings model_dir)")
+    out.add_argument("--promote", action="store_true",
+                     help="with --save-model: point `current` at the IsolationForest bundle")
+    out.add_argument("--load-model", default=None, metavar="BUNDLE",
+                     help="score with a saved bundle (path, name under model_dir, or 'current'); never refits")
+    out.add_argument("--dump-metadata", action="store_true",
+                     help="print each bundle's manifest and write it as <artifacts>/train/<bundle>.manifest.json")
+    out.add_argument("--save-enhancers", action="store_true",
+                     help="write the featurized sequences to <artifacts>/train/features.parquet")
+    out.add_argument("--predictions-dir", type=Path, default=None,
+                     help="where <key>_predictions.parquet go (default: <settings artifacts_dir>/train)")
+
+
+def _read_events(args: argparse.Namespace, settings: Settings) -> pl.DataFrame:
+    import tempfile
+
+    import polars as pl
+
+    from shared.errors import ConfigError
+
+    if args.root is not None and args.input is not None:
+        msg = "give --root (raw runs) or --input (events.parquet), not both"
+        raise ConfigError(msg)
+    if args.root is not None:
+        from batch.loader import EVENTS_FILE, load_runs, make_selection
+
+        out = Path(tempfile.mkdtemp(prefix="lo2-train-", dir=_ensure(settings.cache_dir)))
+        selection = make_selection(service_types=args.services, seed=_seed(args, settings),
+                                   trim_init_lines=settings.trim_init_lines)
+        load_runs(args.root, selection, out, write_sequences=False)
+        return pl.read_parquet(out / EVENTS_FILE)
+    path = args.input or settings.parquet_dir / "events.parquet"
+    if not Path(path).is_file():
+        msg = f"events file {path} not found; run `lo2 load` first or pass --input/--root"
+        raise ConfigError(msg)
+    return pl.read_parquet(path)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    return int(args.sample_seed if args.sample_seed is not None else settings.seed)
+
+
+def _if_params(args: argparse.Namespace) -> dict[str, Any]:
+    from shared.errors import ConfigError
+
+    contamination: float | str = args.if_contamination
+    if contamination != "auto":
+        try:
+            contamination = float(contamination)
+        except ValueError:
+            msg = f"--if-contamination {args.if_contamination!r}: expected 'auto' or a fraction in (0, 0.5]"
+            raise ConfigError(msg) from None
+        if not 0.0 < contamination <= 0.5:
+            msg = f"--if-contamination {contamination}: expected 'auto' or a fraction in (0, 0.5]"
+            raise ConfigError(msg)
+    max_samples: int | str = args.if_max_samples
+    if max_samples != "auto":
+        if not str(max_samples).isdigit() or int(max_samples) < 1:
+            msg = f"--if-max-samples {args.if_max_samples!r}: expected 'auto' or a positive integer"
+            raise ConfigError(msg)
+        max_samples = int(max_samples)
+    if args.if_n_estimators < 1:
+        msg = f"--if-n-estimators {args.if_n_estimators}: expected >= 1"
+        raise ConfigError(msg)
+    return {"n_estimators": args.if_n_estimators, "max_samples": max_samples, "contamination": contamination}
+
+
+def _print_models() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from batch.registry import REGISTRY, available
+
+    table = Table(title="model registry")
+    for col in ("key", "input", "supervised", "description"):
+        table.add_column(col)
+    for key, spec in REGISTRY.items():
+        note = "" if available(spec) else f" [needs {spec.needs}]"
+        table.add_row(key, spec.input_kind, "yes" if spec.supervised else "no", spec.description + note)
+    Console().print(table)
+
+
+def _metrics_table(title: str, rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    k, a = args.report_precision_at, args.report_fp_alpha
+    cols = ["roc_auc", "pr_auc", f"precision_at_{k}", f"fp_rate_at_{a}", "f1", "alert_rate"]
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("label")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for key, metrics in rows.items():
+        for label in ("service", "paper"):
+            values = metrics.get(label)
+            if not values:
+                continue
+            table.add_row(key, label, *(("n/a" if values.get(c) is None else f"{values[c]:.3f}") for c in cols))
+    Console().print(table)
+
+
+def _write_predictions(frame: pl.DataFrame, directory: Path, key: str) -> Path:
+    path = _ensure(directory) / f"{key}_predictions.parquet"
+    frame.write_parquet(path)
+    return path
+
+
+def _dump(bundle: ModelBundle, directory: Path) -> None:
+    from rich.console import Console
+
+    from shared.bundle import read_manifest
+
+    assert bundle.path is not None
+    manifest = read_manifest(bundle.path)
+    target = _ensure(directory) / f"{bundle.path.name}.manifest.json"
+    target.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    Console().print_json(json.dumps({k: manifest[k] for k in ("model_key", "created_at", "thresholds", "metrics")}))
+    log.info("manifest written to %s", target)
+
+
+def _load_and_score(args: argparse.Namespace, settings: Settings, events: pl.DataFrame) -> int:
+    from rich.console import Console
+
+    from batch.train import LABELS, filter_services, score_events
+    from shared import detection_metrics as dm
+    from shared.bundle import load, resolve
+
+    bundle = load(resolve(settings.model_dir, args.load_model))
+    frame = score_events(bundle, filter_services(events, args.services))
+    out_dir = args.predictions_dir or settings.artifacts_dir / "train"
+    path = _write_predictions(frame, out_dir, f"{bundle.model_key}_loaded")
+    metrics: dict[str, Any] = {}
+    for name, column in LABELS.items():
+        y = frame[column].cast(bool).to_numpy()
+        s = frame["score"].to_numpy()
+        values = dm.ranking_metrics(y, s, ks=(args.report_precision_at,), alphas=(args.report_fp_alpha,))
+        tm = dm.threshold_metrics(y, s - frame["threshold"].to_numpy(), 0.0)
+        values.update(f1=tm.f1, alert_rate=tm.alert_rate)
+        metrics[name] = {k: (None if v != v else float(v)) for k, v in values.items()}
+    Console().print(f"scored {frame.height} sequences with bundle {bundle.path} (no refit); predictions: {path}")
+    _metrics_table("scores of the loaded bundle on ALL given sequences (not a held-out evaluation)",
+                   {bundle.model_key: metrics}, args)
+    if args.dump_metadata:
+        _dump(bundle, out_dir)
+    return 0
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from batch.registry import parse_model_keys
+    from batch.train import (
+        Featurized,
+        TrainConfig,
+        featurize,
+        filter_services,
+        fit_model,
+        predictions_frame,
+        split_events,
+        threshold_percentile_to_quantile,
+    )
+    from shared.bundle import new_bundle_name, promote
+    from shared.errors import ConfigError, Lo2Error
+
+    console = Console()
+    if args.list_models:
+        _print_models()
+        return 0
+    try:
+        events = _read_events(args, settings)
+        if args.load_model is not None:
+            return _load_and_score(args, settings, events)
+        models = ["if"] if args.phase == "if" else (["if", *parse_model_keys(args.models)] if args.phase == "full" else [])
+        models = list(dict.fromkeys(models))
+        test = args.test_fraction
+        val = args.if_holdout_fraction
+        if not (0.05 <= val < 1 and 0.05 <= test < 1 and val + test < 0.95):
+            msg = (f"--if-holdout-fraction {val} and --test-fraction {test}: expected each in [0.05, 1) "
+                   "and together below 0.95 so training runs remain")
+            raise ConfigError(msg)
+        extra = [c.strip() for c in args.if_numeric.split(",") if c.strip()]
+        config = TrainConfig(
+            models=tuple(models),
+            seed=_seed(args, settings),
+            fractions=(1.0 - val - test, val, test),
+            threshold_quantile=threshold_percentile_to_quantile(args.if_threshold_percentile),
+            fit_label="anomaly_service" if args.label == "service" else "anomaly",
+            per_service=args.per_service,
+            services=tuple(args.services) if args.services else None,
+            model_params={"if": _if_params(args)},
+            precision_at=(args.report_precision_at,),
+            fp_alphas=(args.report_fp_alpha,),
+            if_input=IF_ITEMS[args.if_item],
+            if_extra_columns=tuple(extra),
+        )
+        events = filter_services(events, config.services)
+        split = split_events(events, config)
+        console.print(f"runs: {len(split.train_runs)} train, {len(split.validation_runs)} validation, "
+                      f"{len(split.test_runs)} test (by run epoch)")
+        with console.status("featurizing (spec fitted on training runs only)"):
+            data: Featurized = featurize(events, split)
+        out_dir = args.predictions_dir or settings.artifacts_dir / "train"
+        if args.save_enhancers:
+            path = _save_features(data, out_dir)
+            console.print(f"features written to {path}")
+        if args.phase == "enhancers":
+            console.print(f"{data.meta.height} sequences, {len(data.feature_names)} numeric features")
+            return 0
+        rows: dict[str, dict[str, Any]] = {}
+        from rich.progress import Progress
+
+        bundles = {}
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("training", total=len(models))
+            for key in models:
+                progress.update(task, description=f"training {key}")
+                bundles[key] = fit_model(_spec_for(key, config), data, config)
+                rows[key] = bundles[key].metrics
+                _write_predictions(predictions_frame(data, bundles[key]), out_dir, key)
+                progress.advance(task)
+        _metrics_table("test runs (held out whole; thresholds from validation correct scores)", rows, args)
+        if args.report_psi:
+            for key, b in bundles.items():
+                console.print(f"{key}: PSI train vs validation correct scores = {b.metrics['psi_train_vs_holdout']:.4f}")
+        if args.save_model is not None:
+            target = Path(args.save_model) if args.save_model else settings.model_dir
+            for key, b in bundles.items():
+                path = b.save(target / new_bundle_name(key))
+                console.print(f"saved {key} → {path}")
+                if args.dump_metadata:
+                    _dump(b, out_dir)
+            if args.promote and "if" in bundles:
+                promote(bundles["if"].path or target, target)
+                console.print(f"promoted {bundles['if'].path} as {target / 'current'}")
+        elif args.dump_metadata:
+            msg = "--dump-metadata needs --save-model (the manifest is written when the bundle is saved)"
+            raise ConfigError(msg)
+        return 0
+    except Lo2Error as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+def _spec_for(key: str, config: Any) -> Any:
+    """The registry spec; the IF's input kind follows --if-item / --if-numeric."""
+    import dataclasses
+
+    from batch.registry import get_spec
+
+    spec = get_spec(key)
+    if key != "if":
+        return spec
+    kind = config.if_input + ("+" + ",".join(config.if_extra_columns) if config.if_extra_columns else "")
+    return dataclasses.replace(spec, input_kind=kind)
+
+
+def _save_features(data: Any, directory: Path) -> Path:
+    import polars as pl
+
+    frame = data.meta.hstack(pl.DataFrame(data.inputs["numeric"], schema=list(data.feature_names), orient="row"))
+    path = _ensure(directory) / "features.parquet"
+    frame.write_parquet(path)
+    return path

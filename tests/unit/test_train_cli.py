@@ -1,0 +1,155 @@
+"""`lo2 train` end to end on a small events table: train → save → `--load-model` gives identical
+scores and never refits; the split holds whole runs out; flags keep the reference's meaning."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from batch.commands import train as train_cmd
+from shared.catalog import target_service
+from shared.parsing import file_seq_id
+from shared.settings import Settings
+
+ERROR_CASES = ("access_token_client_secret_wrong_401", "get_client_404_no_client", "delete_user_404_no_user")
+SERVICES = ("token", "client", "user")
+NORMAL = [
+    ("DEBUG", "c.n.openapi.ApiNormalisedPath", "<init>", "normalised = /oauth2/{svc}"),
+    ("DEBUG", "com.networknt.security.JwtIssuer", "getPrivateKey", "filename = primary.jks key = selfsigned"),
+    ("INFO", "com.networknt.config.Config", "getConfigStream", "Config loaded from externalized folder for primary.jks in /config"),
+    ("DEBUG", "c.n.oauth.cache.ClientMapStore", "load", "Load:{uuid}"),
+    ("DEBUG", "c.n.o.t.h.Oauth2TokenPostHandler", "handleClientCredentials", "scope = null"),
+]
+ERROR = ("ERROR", "c.n.o.{svc}.handler.Handler", "handleRequest", "Status code 4{n:02d} ERR12{code:03d} {svc} problem for id {uuid}")
+
+
+def synthetic_events(n_runs: int = 12, seed: int = 0, events_per_seq: int = 60) -> pl.DataFrame:
+    """A v2-like events table: every sequence has a similar length (no length leak); an error case
+    adds ERROR lines with an error code to the log of the service it targets only."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for r in range(n_runs):
+        epoch = 1739743201 + r * 7200
+        run = f"LO2_run_{epoch}"
+        for case in ("correct", *ERROR_CASES):
+            target = target_service(case)
+            for svc in SERVICES:
+                hit = case != "correct" and target == svc
+                n = int(rng.integers(events_per_seq - 10, events_per_seq + 10))
+                t0 = epoch * 1000 + int(rng.integers(0, 60_000))
+                for i in range(n):
+                    if hit and rng.random() < 0.15:
+                        level, logger, method, msg = ERROR
+                    elif rng.random() < 0.02:  # `correct` is not error-free
+                        level, logger, method, msg = ("ERROR", "c.n.oauth.cache.ClientMapStore", "delete", "Exception:")
+                    else:
+                        level, logger, method, msg = NORMAL[int(rng.integers(0, len(NORMAL)))]
+                    text = msg.format(svc=svc, uuid=f"{rng.integers(1 << 30):08x}", n=int(rng.integers(0, 30)),
+                                      code=int(rng.integers(1, 40)))
+                    rows.append({
+                        "run": run, "run_epoch": epoch, "test_case": case, "service": svc,
+                        "seq_id": file_seq_id(run, case, svc), "line_no": i + 1,
+                        "timestamp": datetime.fromtimestamp((t0 + i * 150) / 1000, tz=UTC),
+                        "thread": "XNIO-1 task-1", "correlation_id": "abc", "level": level,
+                        "logger": logger.format(svc=svc), "method": method, "message": text,
+                        "stack": None, "n_stack_lines": 0, "anomaly": case != "correct", "anomaly_service": hit,
+                    })
+    return pl.DataFrame(rows).with_columns(
+        pl.col("timestamp").dt.cast_time_unit("ms"), pl.col("line_no").cast(pl.Int32),
+        pl.col("n_stack_lines").cast(pl.Int32), pl.col("stack").cast(pl.String),
+    )
+
+
+@pytest.fixture(scope="module")
+def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("events") / "events.parquet"
+    synthetic_events().write_parquet(path)
+    return path
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(model_dir=tmp_path / "models", artifacts_dir=tmp_path / "artifacts", cache_dir=tmp_path / "cache")
+
+
+def _run(argv: list[str], settings: Settings) -> int:
+    parser = argparse.ArgumentParser()
+    train_cmd.configure(parser)
+    return train_cmd.run(parser.parse_args(argv), settings)
+
+
+def test_train_save_then_load_model_scores_identically_without_refit(
+    events_file: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _run(["--input", str(events_file), "--phase", "if", "--save-model", "--promote",
+                 "--if-n-estimators", "50"], settings) == 0
+    trained = pl.read_parquet(settings.artifacts_dir / "train" / "if_predictions.parquet")
+    current = settings.model_dir / "current"
+    assert current.is_symlink()
+
+    def refit(*_a: object, **_k: object) -> None:
+        raise AssertionError("--load-model must never fit")
+
+    from shared import detectors
+
+    monkeypatch.setattr(detectors.IsolationForestDetector, "fit", refit)
+    assert _run(["--input", str(events_file), "--load-model", "current"], settings) == 0
+    loaded = pl.read_parquet(settings.artifacts_dir / "train" / "if_loaded_predictions.parquet")
+    joined = trained.join(loaded, on="seq_id", suffix="_loaded")
+    assert joined.height == trained.height == loaded.height
+    np.testing.assert_array_equal(joined["score"].to_numpy(), joined["score_loaded"].to_numpy())
+    assert (joined["alert"] == joined["alert_loaded"]).all()
+
+
+def test_if_separates_service_label_on_held_out_runs(events_file: Path) -> None:
+    from batch.train import TrainConfig, train
+
+    result = train(pl.read_parquet(events_file), TrainConfig(models=("if", "canary", "sequence_lr_numeric"), seed=1))
+    split = result.data.split
+    assert not set(split.train_runs) & set(split.test_runs)
+    assert not set(split.train_runs) & set(split.validation_runs)
+    # Whole runs: every run's sequences are in exactly one split.
+    per_run = result.data.meta.group_by("run").agg(pl.col("split").n_unique())
+    assert (per_run["split"] == 1).all()
+    if_auc = result.bundles["if"].metrics["service"]["roc_auc"]
+    canary_auc = result.bundles["canary"].metrics["service"]["roc_auc"]
+    assert if_auc >= 0.95, result.bundles["if"].metrics
+    assert canary_auc <= 0.75, result.bundles["canary"].metrics
+    assert result.bundles["sequence_lr_numeric"].metrics["service"]["roc_auc"] >= 0.99
+    # Training used only correct sequences of training runs.
+    assert result.bundles["if"].training["n_train_normal_sequences"] == len(split.train_runs) * len(SERVICES)
+
+
+def test_per_service_models_get_one_threshold_each(events_file: Path) -> None:
+    from batch.train import TrainConfig, predictions_frame, train
+
+    result = train(pl.read_parquet(events_file), TrainConfig(models=("if",), seed=2, per_service=True))
+    bundle = result.bundles["if"]
+    assert sorted(bundle.detectors) == sorted(SERVICES) == sorted(bundle.thresholds)
+    frame = predictions_frame(result.data, bundle)
+    for svc in SERVICES:
+        assert (frame.filter(pl.col("service") == svc)["threshold"] == bundle.thresholds[svc]).all()
+
+
+def test_threshold_percentile_accepts_both_reference_forms() -> None:
+    from batch.train import threshold_percentile_to_quantile
+    from shared.errors import ConfigError
+
+    assert threshold_percentile_to_quantile(99.5) == pytest.approx(0.995)
+    assert threshold_percentile_to_quantile(0.995) == pytest.approx(0.995)
+    with pytest.raises(ConfigError, match="percentile"):
+        threshold_percentile_to_quantile(150)
+
+
+def test_bad_flags_are_clear_errors(events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["--input", str(events_file), "--phase", "if", "--if-contamination", "lots"], settings) == 2
+    assert "--if-contamination 'lots'" in capsys.readouterr().out
+    assert _run(["--input", str(events_file), "--models", "nope"], settings) == 2
+    assert "unknown model key 'nope'" in capsys.readouterr().out
+    assert _run(["--input", str(settings.model_dir / "missing.parquet")], settings) == 2
+    assert "not found" in capsys.readouterr().out
