@@ -287,9 +287,8 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
     val_rows = data.rows("validation")
     train_normal_scores = scores[train_rows][normal[train_rows]]
     val_normal_scores = scores[val_rows][normal[val_rows]]
-    metrics["psi_train_vs_holdout"] = float(
-        dm.population_stability_index(train_normal_scores, val_normal_scores)
-    )
+    psi = float(dm.population_stability_index(train_normal_scores, val_normal_scores))
+    metrics["psi_train_vs_holdout"] = None if math.isnan(psi) else psi
     metrics["threshold_quantile"] = config.threshold_quantile
     features = top_feature_references(data, scores, config.top_features) if spec.input_kind.startswith("numeric") else {}
     for ref in features.values():

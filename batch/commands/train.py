@@ -314,7 +314,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         _metrics_table("test runs (held out whole; thresholds from validation correct scores)", rows, args)
         if args.report_psi:
             for key, b in bundles.items():
-                console.print(f"{key}: PSI train vs validation correct scores = {b.metrics['psi_train_vs_holdout']:.4f}")
+                psi = b.metrics["psi_train_vs_holdout"]
+                shown = "n/a" if psi is None else f"{psi:.4f}"
+                console.print(f"{key}: PSI train vs validation correct scores = {shown}")
         if args.save_model is not None:
             target = Path(args.save_model) if args.save_model else settings.model_dir
             for key, b in bundles.items():

@@ -1,0 +1,145 @@
+"""Model bundles: round trip with identical scores, loud failures on tampering, atomic promotion."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch.train import TrainConfig, TrainResult, input_matrix, train
+from shared import bundle as mb
+from shared.errors import ModelLoadError, PayloadError
+from tests.unit.test_train_cli import synthetic_events
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainResult:
+    return train(synthetic_events(n_runs=10, seed=3), TrainConfig(models=("if", "event_lr_words"), seed=4))
+
+
+@pytest.fixture(scope="module")
+def per_service() -> TrainResult:
+    return train(synthetic_events(n_runs=10, seed=5), TrainConfig(models=("hst",), seed=4, per_service=True))
+
+
+@pytest.fixture()
+def saved(trained: TrainResult, tmp_path: Path) -> Path:
+    return trained.bundles["if"].save(tmp_path / "models" / mb.new_bundle_name("if"))
+
+
+def _X(result: TrainResult, bundle: mb.ModelBundle) -> object:
+    return input_matrix(result.data.inputs, bundle.input_kind)
+
+
+@pytest.mark.parametrize("key", ["if", "event_lr_words"])
+def test_round_trip_gives_identical_scores(trained: TrainResult, tmp_path: Path, key: str) -> None:
+    original = trained.bundles[key]
+    path = original.save(tmp_path / key)
+    loaded = mb.load(path)
+    X = _X(trained, original)
+    np.testing.assert_array_equal(mb.score(loaded, X), mb.score(original, X))
+    assert loaded.thresholds == original.thresholds
+    assert loaded.feature_fingerprint == original.feature_fingerprint
+    assert loaded.sequence_policy == original.sequence_policy
+    manifest = mb.read_manifest(path)
+    assert manifest["schema_version"] == mb.SCHEMA_VERSION
+    assert manifest["created_at"].endswith("+00:00")
+    assert set(manifest["files"]) == {"feature_spec.json", f"detectors/{mb.ALL}.joblib"}
+    assert manifest["reference"]["scores"][mb.ALL]["counts"]
+    json.dumps(manifest, allow_nan=False)  # strict JSON: no NaN/Infinity for other tools
+
+
+def test_manifest_has_psi_references_of_scores_and_top_features(saved: Path) -> None:
+    manifest = mb.read_manifest(saved)
+    scores = manifest["reference"]["scores"][mb.ALL]
+    assert len(scores["edges"]) == len(scores["counts"]) + 1
+    assert scores["edges"][0] is None and scores["edges"][-1] is None  # ±inf written as null
+    features = manifest["reference"]["features"]
+    assert 0 < len(features) <= 10
+    assert all(name in manifest["feature_spec"]["feature_names"] for name in features)
+
+
+def test_tampered_detector_fails_loudly(saved: Path) -> None:
+    target = saved / "detectors" / f"{mb.ALL}.joblib"
+    target.write_bytes(target.read_bytes() + b"x")
+    with pytest.raises(ModelLoadError, match="checksum mismatch for detectors/all.joblib"):
+        mb.load(saved)
+
+
+def test_missing_file_and_unknown_schema_fail_loudly(saved: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    (copy / "feature_spec.json").unlink()
+    with pytest.raises(ModelLoadError, match="feature_spec.json listed in the manifest is missing"):
+        mb.load(copy)
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="schema_version 99 is not supported"):
+        mb.load(saved)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        mb.load(tmp_path / "nowhere")
+
+
+def test_incompatible_feature_spec_fails_loudly(saved: Path) -> None:
+    spec_path = saved / "feature_spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["feature_names"] = spec["feature_names"][:-1]  # another code version's layout
+    spec_path.write_text(json.dumps(spec))
+    manifest = json.loads((saved / "manifest.json").read_text())
+    # Even with consistent checksums the feature code refuses it.
+    manifest["files"]["feature_spec.json"] = mb.sha256_file(spec_path)
+    manifest["feature_spec"]["fingerprint"] = mb.sha256_text(spec_path.read_text())
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="incompatible"):
+        mb.load(saved)
+
+
+def test_save_refuses_to_overwrite(trained: TrainResult, saved: Path) -> None:
+    with pytest.raises(FileExistsError, match="immutable"):
+        trained.bundles["if"].save(saved)
+
+
+def test_promote_switches_current_atomically_and_refuses_broken(
+    trained: TrainResult, saved: Path, tmp_path: Path
+) -> None:
+    model_dir = saved.parent
+    with pytest.raises(ModelLoadError, match="no promoted model"):
+        mb.resolve(model_dir, "current")
+    assert mb.promote(saved, model_dir) is None
+    assert mb.resolve(model_dir, "current") == saved.resolve()
+    assert not os.path.isabs(os.readlink(model_dir / "current"))  # relative: the folder can move
+    second = trained.bundles["event_lr_words"].save(model_dir / "second")
+    assert mb.promote(second, model_dir) == saved.resolve()
+    assert mb.resolve(model_dir, "current") == second.resolve()
+    assert mb.resolve(model_dir, "second") == model_dir / "second"
+    # A broken bundle is never promoted: current keeps pointing at the good one.
+    broken = model_dir / "broken"
+    shutil.copytree(saved, broken)
+    (broken / "detectors" / f"{mb.ALL}.joblib").write_bytes(b"junk")
+    with pytest.raises(ModelLoadError):
+        mb.promote(broken, model_dir)
+    assert mb.resolve(model_dir, "current") == second.resolve()
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".current")]  # no temp pointer left
+    listed = [p.name for p, manifest, error in mb.list_bundles(model_dir) if manifest is not None]
+    assert set(listed) == {saved.name, "second", "broken"}  # manifests readable; broken shows at load
+
+
+def test_per_service_bundle_routes_rows_and_needs_services(per_service: TrainResult, tmp_path: Path) -> None:
+    bundle = per_service.bundles["hst"]
+    loaded = mb.load(bundle.save(tmp_path / "hst"))
+    X = _X(per_service, bundle)
+    services = per_service.data.meta["service"].to_list()
+    scores = mb.score(loaded, X, services)
+    np.testing.assert_array_equal(scores, mb.score(bundle, X, services))
+    alerts = mb.is_anomaly(loaded, scores, services)
+    expected = np.array([s >= loaded.thresholds[svc] for s, svc in zip(scores, services, strict=True)])
+    np.testing.assert_array_equal(alerts, expected)
+    with pytest.raises(PayloadError, match="one service per row"):
+        mb.score(loaded, X)
+    with pytest.raises(PayloadError, match="got service 'nope'"):
+        mb.score(loaded, X[:1], ["nope"])
