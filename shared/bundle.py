@@ -277,6 +277,16 @@ def new_bundle_name(model_key: str, when: datetime | None = None) -> str:
     return f"{model_key}-{stamp}"
 
 
+def unique_bundle_dir(model_dir: Path, model_key: str) -> Path:
+    """A fresh bundle folder under ``model_dir`` (``-2``, ``-3``… when trained in the same second)."""
+    base = Path(model_dir) / new_bundle_name(model_key)
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 

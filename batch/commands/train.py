@@ -252,7 +252,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         split_events,
         threshold_percentile_to_quantile,
     )
-    from shared.bundle import new_bundle_name, promote
+    from shared.bundle import promote, unique_bundle_dir
     from shared.errors import ConfigError, Lo2Error
 
     console = Console()
@@ -320,7 +320,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.save_model is not None:
             target = Path(args.save_model) if args.save_model else settings.model_dir
             for key, b in bundles.items():
-                path = b.save(target / new_bundle_name(key))
+                path = b.save(unique_bundle_dir(target, key))
                 console.print(f"saved {key} → {path}")
                 if args.dump_metadata:
                     _dump(b, out_dir)

@@ -153,3 +153,33 @@ def test_bad_flags_are_clear_errors(events_file: Path, settings: Settings, capsy
     assert "unknown model key 'nope'" in capsys.readouterr().out
     assert _run(["--input", str(settings.model_dir / "missing.parquet")], settings) == 2
     assert "not found" in capsys.readouterr().out
+
+
+def _models(argv: list[str], settings: Settings) -> int:
+    from batch.commands import models as models_cmd
+
+    parser = argparse.ArgumentParser()
+    models_cmd.configure(parser)
+    return models_cmd.run(parser.parse_args(argv), settings)
+
+
+def test_models_list_show_verify_promote(
+    events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(["--input", str(events_file), "--phase", "full", "--models", "canary",
+                 "--if-n-estimators", "30", "--save-model"], settings) == 0
+    capsys.readouterr()
+    assert _models(["list"], settings) == 0
+    listed = capsys.readouterr().out
+    bundles = sorted(p.name for p in settings.model_dir.iterdir())
+    assert len(bundles) == 2 and all(name[:6] in listed for name in bundles)
+    assert _models(["show"], settings) == 1  # nothing promoted yet: clear error, not a traceback
+    assert "no promoted model" in capsys.readouterr().out
+    if_bundle = next(name for name in bundles if name.startswith("if-"))
+    assert _models(["promote", if_bundle], settings) == 0
+    assert _models(["show"], settings) == 0
+    assert "roc_auc" in capsys.readouterr().out
+    joblib_file = settings.model_dir / if_bundle / "detectors" / "all.joblib"
+    joblib_file.write_bytes(joblib_file.read_bytes()[:-3])
+    assert _models(["verify", "current"], settings) == 1
+    assert "checksum mismatch" in capsys.readouterr().out
