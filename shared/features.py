@@ -30,7 +30,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -56,6 +56,9 @@ from shared.templates import (
     canonical_json,
     learn_vocabulary,
 )
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +392,17 @@ def _code_text() -> pl.Expr:
     return pl.concat_str([pl.col("message"), pl.lit("\n"), pl.col("stack").fill_null("")])
 
 
+def feature_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of :func:`fit_feature_spec` from the settings (``LO2_FEATURE_*`` etc.)."""
+    return {
+        "min_support": settings.feature_min_support,
+        "top_templates": settings.feature_top_templates,
+        "hash_dims": settings.feature_hash_dims,
+        "policy": SequencePolicy.from_settings(settings),
+        "drain": DrainParams(sim_th=settings.drain_sim_th, depth=settings.drain_depth),
+    }
+
+
 def fit_feature_spec(
     train_events: pl.DataFrame | pl.LazyFrame,
     *,
@@ -609,9 +623,12 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
     row_of_nz = np.repeat(np.arange(n_seq), np.diff(xt.indptr))
     xt.data = xt.data / totals[row_of_nz]
 
+    # duration in numpy, not Polars: Polars may divide via a reciprocal, and the accumulator's
+    # ``duration_s`` (Python float division) must be bit-identical.
+    duration_s = seqs.get_column("duration_ms").to_numpy().astype(np.float64) / 1000.0
     meta = seqs.select(
         "seq_id", "run", "run_epoch", "test_case", "service", "window_start_ms", "n_events",
-        (pl.col("duration_ms") / 1000.0).alias("duration_s"),
+        pl.Series("duration_s", duration_s, dtype=pl.Float64),
         "n_stack_lines", "anomaly", "anomaly_service",
     ).with_columns(pl.col("n_events").cast(pl.Int64), pl.col("n_stack_lines").cast(pl.Int64))
     return FeatureMatrix(

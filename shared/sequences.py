@@ -22,13 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import ConfigError, PayloadError
 from shared.parsing import file_seq_id
 from shared.redaction import redact
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,19 @@ class SequencePolicy:
     def window_start_ms(self, timestamp_ms: int) -> int:
         """Start of the tumbling window that holds ``timestamp_ms`` (aligned to the epoch)."""
         return timestamp_ms - timestamp_ms % self.window_ms
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SequencePolicy:
+        """The policy the settings (``LO2_SEQUENCE_POLICY``, ``LO2_WINDOW_SECONDS``, ...) describe."""
+        kind = settings.sequence_policy
+        if kind not in ("file", "window"):
+            raise ConfigError(f"sequence_policy must be 'file' or 'window', got {kind!r}")
+        return cls(
+            kind="file" if kind == "file" else "window",
+            window_seconds=settings.window_seconds,
+            allowed_lateness_seconds=settings.allowed_lateness_seconds,
+            idle_gap_seconds=settings.idle_gap_seconds,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -323,8 +339,18 @@ class SequenceBuilder:
 
     ``store`` holds the open accumulators keyed by seq id; pass a mapping of your own (e.g. a wrapper
     around a Faust table) to persist them: the builder re-assigns ``store[key] = acc`` after every
-    change so a changelog sees each update.  Watermarks (max event time per stream/service) are
-    kept in memory and rebuilt from the stored accumulators on construction.
+    change so a changelog sees each update.  Watermarks and the window index are kept in memory and
+    rebuilt from the stored accumulators on construction (after a restart or rebalance).
+
+    Closing rules (event time = the events' own timestamps):
+
+    * ``file``: :meth:`end` (end-of-file marker) closes one sequence; a sequence whose last event is
+      ``idle_gap_seconds`` behind the newest event seen anywhere closes as ``idle`` (checked each
+      time that newest time crosses a multiple of ``idle_gap/4``, so closing is deterministic for a
+      given event order); :meth:`expire` does the same for a wall clock when the input goes quiet.
+    * ``window``: a window closes when its stream's (run, service) newest event time reaches
+      ``window end + allowed lateness``; a later event for a closed window is *late*: dropped and
+      counted in ``stats.late_events``.
     """
 
     def __init__(
@@ -340,16 +366,22 @@ class SequenceBuilder:
         self.store: MutableMapping[str, SequenceAccumulator] = {} if store is None else store
         self.evidence_cap = evidence_cap
         self.stats = BuilderStats()
-        self._watermark: dict[tuple[str, str], int] = {}  # (run, service) -> max event time (window)
-        self._global_watermark: int | None = None  # max event time overall (file idle gap)
-        self._closed_windows: dict[tuple[str, str], int] = {}  # (run, service) -> end of last closed window
-        for acc in self.store.values():
+        self._watermark: dict[tuple[str, str], int] = {}  # (run, service) -> newest event time
+        self._global_watermark: int | None = None  # newest event time overall
+        self._closed_end: dict[tuple[str, str], int] = {}  # (run, service) -> end of newest closed window
+        self._windows: dict[tuple[str, str], dict[int, str]] = {}  # (run, service) -> {window start: seq id}
+        self._idle_step = max(self.policy.idle_gap_ms // 4, 1)
+        self._idle_tick: int | None = None
+        for key, acc in list(self.store.items()):
             if acc.last_ms is not None:
                 self._advance(acc.run, acc.service, acc.last_ms)
+            if acc.window_start_ms is not None:
+                self._windows.setdefault((acc.run, acc.service), {})[acc.window_start_ms] = key
 
     def _advance(self, run: str, service: str, ts: int) -> None:
         k = (run, service)
-        if ts > self._watermark.get(k, ts - 1):
+        old = self._watermark.get(k)
+        if old is None or ts > old:
             self._watermark[k] = ts
         if self._global_watermark is None or ts > self._global_watermark:
             self._global_watermark = ts
@@ -362,15 +394,16 @@ class SequenceBuilder:
         return window_seq_id(event.run, event.service, ws), ws
 
     def add(self, event: Event) -> list[ClosedSequence]:
-        """Fold one event in; return the sequences this event's time completes (maybe none)."""
+        """Fold one event in; return the sequences this event's time completes (often none)."""
         self.stats.events += 1
         seq_id, ws = self.key_of(event)
+        stream = (event.run, event.service)
         if ws is not None:
-            closed_end = self._closed_windows.get((event.run, event.service))
+            closed_end = self._closed_end.get(stream)
             if closed_end is not None and ws + self.policy.window_ms <= closed_end:
                 self.stats.late_events += 1
                 log.debug("late event dropped: %s/%s window %d already closed", event.run, event.service, ws)
-                return self._close_due(event.run, event.service)
+                return []
         acc = self.store.get(seq_id)
         if acc is None:
             acc = SequenceAccumulator(
@@ -381,35 +414,47 @@ class SequenceBuilder:
                 window_start_ms=ws,
                 evidence_cap=self.evidence_cap,
             )
+            if ws is not None:
+                self._windows.setdefault(stream, {})[ws] = seq_id
         acc.add(event, self.encoder(event))
         self.store[seq_id] = acc
         self._advance(event.run, event.service, event.timestamp_ms)
-        return self._close_due(event.run, event.service)
-
-    def _close_due(self, run: str, service: str) -> list[ClosedSequence]:
         if self.policy.kind == "window":
-            wm = self._watermark.get((run, service))
-            if wm is None:
-                return []
-            return self._close_windows(run, service, wm - self.policy.lateness_ms, "window")
-        if self._global_watermark is None:
+            return self._close_windows(stream, self._watermark[stream] - self.policy.lateness_ms, "window")
+        assert self._global_watermark is not None
+        tick = self._global_watermark // self._idle_step
+        if self._idle_tick is None:
+            self._idle_tick = tick
+        elif tick > self._idle_tick:
+            self._idle_tick = tick
+            return self._close_idle_files(self._global_watermark)
+        return []
+
+    def _close_windows(self, stream: tuple[str, str], up_to_ms: int, reason: CloseReason) -> list[ClosedSequence]:
+        """Close the windows of ``stream`` whose end is <= ``up_to_ms`` (oldest first)."""
+        windows = self._windows.get(stream)
+        if not windows:
             return []
-        return self.expire(self._global_watermark)
-
-    def _close_windows(self, run: str, service: str, up_to_ms: int, reason: CloseReason) -> list[ClosedSequence]:
-        """Close the windows of (run, service) whose end is <= ``up_to_ms``."""
+        w = self.policy.window_ms
+        due = sorted(ws for ws in windows if ws + w <= up_to_ms)
         out: list[ClosedSequence] = []
-        for key, acc in list(self._iter_open()):
-            if acc.run == run and acc.service == service and acc.window_start_ms is not None:
-                end = acc.window_start_ms + self.policy.window_ms
-                if end <= up_to_ms:
-                    out.append(self._pop(key, reason))
-                    k = (run, service)
-                    self._closed_windows[k] = max(self._closed_windows.get(k, end), end)
-        return sorted(out, key=lambda c: c.accumulator.window_start_ms or 0)
+        for ws in due:
+            key = windows.pop(ws)
+            if key in self.store:
+                out.append(self._pop(key, reason))
+            self._closed_end[stream] = max(self._closed_end.get(stream, ws + w), ws + w)
+        if not windows:
+            del self._windows[stream]
+        return out
 
-    def _iter_open(self) -> Iterator[tuple[str, SequenceAccumulator]]:
-        return iter(list(self.store.items()))
+    def _close_idle_files(self, now_ms: int) -> list[ClosedSequence]:
+        gap = self.policy.idle_gap_ms
+        due = [
+            (acc.first_ms or 0, key)
+            for key, acc in list(self.store.items())
+            if acc.last_ms is not None and now_ms - acc.last_ms >= gap
+        ]
+        return [self._pop(key, "idle") for _, key in sorted(due)]
 
     def _pop(self, key: str, reason: CloseReason) -> ClosedSequence:
         acc = self.store.pop(key)
@@ -417,30 +462,28 @@ class SequenceBuilder:
         return ClosedSequence(acc, reason)
 
     def end(self, run: str, test_case: str, service: str) -> list[ClosedSequence]:
-        """End-of-stream marker: close the file sequence (file) or every window (window) of it."""
+        """End-of-stream marker: close the file sequence (file) or every open window (window) of it."""
         if self.policy.kind == "file":
             key = file_seq_id(run, test_case, service)
             return [self._pop(key, "end")] if key in self.store else []
-        return self._close_windows(run, service, 2**62, "end")
+        return self._close_windows((run, service), 2**62, "end")
 
     def expire(self, now_ms: int) -> list[ClosedSequence]:
-        """Close what is idle at event/wall time ``now_ms`` (file: idle gap; window: end + lateness)."""
+        """Close what is complete at (event or wall) time ``now_ms``, e.g. on a timer when input is quiet.
+
+        file: idle for ``idle_gap``; window: ``now`` past window end + lateness.
+        """
+        if self.policy.kind == "file":
+            return self._close_idle_files(now_ms)
         out: list[ClosedSequence] = []
-        for key, acc in self._iter_open():
-            last = acc.last_ms if acc.last_ms is not None else now_ms
-            if self.policy.kind == "file":
-                if now_ms - last >= self.policy.idle_gap_ms:
-                    out.append(self._pop(key, "idle"))
-            elif acc.window_start_ms is not None and (
-                acc.window_start_ms + self.policy.window_ms + self.policy.lateness_ms <= now_ms
-                or now_ms - last >= self.policy.idle_gap_ms
-            ):
-                out.append(self._pop(key, "window"))
+        for stream in sorted(self._windows):
+            out += self._close_windows(stream, now_ms - self.policy.lateness_ms, "window")
         return out
 
     def flush(self) -> list[ClosedSequence]:
         """End of input: close everything still open (in order of first event time)."""
         keys = sorted(self.store, key=lambda k: (self.store[k].first_ms or 0, k))
+        self._windows.clear()
         return [self._pop(k, "flush") for k in keys]
 
     @property
