@@ -409,7 +409,7 @@ class ShapTarget:
 
 def _last_step(obj: Any) -> tuple[Any, Any]:
     steps = getattr(obj, "steps", None)
-    if steps:
+    if isinstance(steps, list) and steps:  # an sklearn Pipeline (River's steps are a dict)
         head = obj[:-1] if len(steps) > 1 else None
         return steps[-1][1], (head.transform if head is not None else None)
     return obj, None
@@ -422,7 +422,7 @@ def shap_target(model: Any) -> ShapTarget | None:
     inner = model
     for attr in ("model", "estimator", "pipeline"):  # IsolationForestDetector / SupervisedDetector / ...
         candidate = getattr(model, attr, None)
-        if candidate is not None and (hasattr(candidate, "fit") or hasattr(candidate, "steps")):
+        if candidate is not None and (hasattr(candidate, "fit") or isinstance(getattr(candidate, "steps", None), list)):
             inner = candidate
             break
     estimator, transform = _last_step(inner)
