@@ -104,11 +104,21 @@ def threshold_percentile_to_quantile(value: float) -> float:
     return quantile
 
 
-def filter_services(events: pl.DataFrame, services: Sequence[str] | None) -> pl.DataFrame:
-    """Keep the events of ``services`` (all when None); unknown names are a clear error."""
+Events = pl.DataFrame | pl.LazyFrame
+
+
+def _collect(frame: Events) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+
+
+def filter_services(events: Events, services: Sequence[str] | None) -> Events:
+    """Keep the events of ``services`` (all when None); unknown names are a clear error.
+
+    Works on a LazyFrame (``pl.scan_parquet``) without materialising the events.
+    """
     if not services:
         return events
-    present = set(events["service"].unique().to_list())
+    present = set(_collect(events.select(pl.col("service").unique()))["service"].to_list())
     missing = [s for s in services if s not in present]
     if missing:
         msg = f"services {missing} are not in the data; present: {sorted(present)}"
@@ -116,16 +126,20 @@ def filter_services(events: pl.DataFrame, services: Sequence[str] | None) -> pl.
     return events.filter(pl.col("service").is_in(list(services)))
 
 
-def split_events(events: pl.DataFrame, config: TrainConfig) -> RunSplit:
+def split_events(events: Events, config: TrainConfig) -> RunSplit:
     """Whole runs to train / validation / test in run-epoch order."""
-    return split_runs(events.select("run", "run_epoch", "test_case").unique(), config.fractions, config.seed)
+    runs = _collect(events.select("run", "run_epoch", "test_case").unique())
+    return split_runs(runs, config.fractions, config.seed)
 
 
-def featurize(events: pl.DataFrame, split: RunSplit) -> Featurized:
-    """Fit the feature spec on the training runs' events; featurize every sequence with it."""
+def featurize(events: Events, split: RunSplit) -> Featurized:
+    """Fit the feature spec on the training runs' events; featurize every sequence with it.
+
+    ``events`` may be lazy: the feature code then streams it instead of holding every event.
+    """
     from shared.features import canary_features, featurize_events, fit_feature_spec
 
-    spec = fit_feature_spec(split.select(events, "train"))
+    spec = fit_feature_spec(events.filter(pl.col("run").is_in(list(split.train_runs))))
     matrix = featurize_events(events, spec)
     meta = split.label(matrix.meta)
     return Featurized(
@@ -163,7 +177,7 @@ def input_matrix(inputs: Mapping[str, Any], kind: str) -> Any:
     return np.hstack([np.asarray(X), cols])
 
 
-def inputs_for_bundle(bundle: ModelBundle, events: pl.DataFrame) -> tuple[pl.DataFrame, Any]:
+def inputs_for_bundle(bundle: ModelBundle, events: Events) -> tuple[pl.DataFrame, Any]:
     """Featurize ``events`` with the bundle's own spec (never refitted): (meta, matrix of its kind)."""
     from shared.features import canary_features, featurize_events
 
@@ -172,7 +186,7 @@ def inputs_for_bundle(bundle: ModelBundle, events: pl.DataFrame) -> tuple[pl.Dat
     return matrix.meta, input_matrix(inputs, bundle.input_kind)
 
 
-def score_events(bundle: ModelBundle, events: pl.DataFrame) -> pl.DataFrame:
+def score_events(bundle: ModelBundle, events: Events) -> pl.DataFrame:
     """Sequence metadata plus ``score`` and ``alert`` from a loaded bundle (scores only, no fit)."""
     meta, X = inputs_for_bundle(bundle, events)
     services = meta["service"].to_list()
@@ -326,7 +340,7 @@ class TrainResult:
     data: Featurized
 
 
-def train(events: pl.DataFrame, config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
+def train(events: Events, config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Split, featurize on training runs, fit every configured model; returns unsaved bundles."""
     events = filter_services(events, config.services)
     split = split_events(events, config)

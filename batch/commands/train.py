@@ -98,7 +98,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="where <key>_predictions.parquet go (default: <settings artifacts_dir>/train)")
 
 
-def _read_events(args: argparse.Namespace, settings: Settings) -> pl.DataFrame:
+def _read_events(args: argparse.Namespace, settings: Settings) -> pl.LazyFrame:
+    """The events as a lazy scan: featurization streams them instead of holding them all."""
     import tempfile
 
     import polars as pl
@@ -115,12 +116,12 @@ def _read_events(args: argparse.Namespace, settings: Settings) -> pl.DataFrame:
         selection = make_selection(service_types=args.services, seed=_seed(args, settings),
                                    trim_init_lines=settings.trim_init_lines)
         load_runs(args.root, selection, out, write_sequences=False)
-        return pl.read_parquet(out / EVENTS_FILE)
+        return pl.scan_parquet(out / EVENTS_FILE)
     path = args.input or settings.parquet_dir / "events.parquet"
     if not Path(path).is_file():
         msg = f"events file {path} not found; run `lo2 load` first or pass --input/--root"
         raise ConfigError(msg)
-    return pl.read_parquet(path)
+    return pl.scan_parquet(path)
 
 
 def _ensure(path: Path) -> Path:
@@ -211,7 +212,7 @@ def _dump(bundle: ModelBundle, directory: Path) -> None:
     log.info("manifest written to %s", target)
 
 
-def _load_and_score(args: argparse.Namespace, settings: Settings, events: pl.DataFrame) -> int:
+def _load_and_score(args: argparse.Namespace, settings: Settings, events: pl.LazyFrame) -> int:
     from rich.console import Console
 
     from batch.train import LABELS, filter_services, score_events
