@@ -1,0 +1,594 @@
+"""Honest evaluation: whole runs held out, thresholds from validation normals, several seeds.
+
+Why it is built this way (the LogLead numbers it replaces were inflated, reference §8–§9):
+
+* **Whole runs held out, in epoch order** (:func:`batch.splits.split_runs`): no sequence of a test
+  run is seen by anything that is fitted: not the feature spec (vocabulary, templates, scalers),
+  not the models, not the thresholds.  The feature spec is fitted on the training runs' events only.
+* **Thresholds are quantiles of validation ``correct`` scores**, so the alert rate on normal data is
+  chosen, not discovered on the test set.
+* **The leakage canary runs next to every model**: a model on sequence length and duration alone.
+  A detector that does not clearly beat it has learnt the LO2 length/duration confound, not errors.
+* **Two labels**: the paper's ``anomaly`` (every sequence of an error test case, even of services
+  the error never touches) and the service-aware ``anomaly_service`` (only the service the error
+  targets).  Results are reported per service, because one pooled number hides that untargeted
+  services run normally.
+* **No accuracy**: ROC-AUC, PR-AUC (next to its chance level, the anomaly share), Precision@k,
+  FP-rate@α (reference definition and the false-alarm share of the alerts), F1 and alert rate at
+  the calibrated threshold, and caught/missed per error case.  Mean ± std over seeds.
+
+Unsupervised models learn from the ``correct`` sequences of the training runs (one fit serves both
+labels); supervised models are fitted once per label on the training runs.  A model that cannot be
+fitted (e.g. a supervised model whose training runs hold one class only) is recorded as a failure
+and the evaluation goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import polars as pl
+
+from batch.registry import REGISTRY, ModelSpec, available, get_spec
+from batch.splits import RunSplit, SplitOrder, split_runs
+from batch.train import CANARY_COLUMNS as TRAIN_CANARY_COLUMNS
+from batch.train import Featurized, featurize, filter_services, input_matrix
+from shared import detection_metrics as dm
+from shared.catalog import target_service
+from shared.errors import ConfigError, Lo2Error
+
+log = logging.getLogger(__name__)
+
+#: CLI label names → column of the sequence table.
+LABEL_COLUMNS: Mapping[str, str] = {"paper": "anomaly", "service": "anomaly_service"}
+LabelChoice = Literal["paper", "service", "both"]
+#: The service group that pools every service.
+ALL = "all"
+#: Registry key of the leakage canary, evaluated next to every model.
+CANARY = "canary"
+#: Models of ``lo2 evaluate`` without --models: the IF and the reference's default registry keys.
+DEFAULT_MODELS: tuple[str, ...] = (
+    "if",
+    "event_lr_words",
+    "event_dt_trigrams",
+    "sequence_lr_numeric",
+    "sequence_shap_lr_words",
+)
+#: Metrics in table order (``precision_at_*``/``fp_rate_at_*`` are inserted per k/α).
+THRESHOLD_METRICS = ("f1", "precision", "recall", "alert_rate", "false_positive_rate", "threshold")
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to evaluate and how (the flags of ``lo2 evaluate``)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    seeds: tuple[int, ...] = (42, 43, 44)
+    labels: tuple[str, ...] = ("anomaly", "anomaly_service")
+    services: tuple[str, ...] | None = None
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split_order: SplitOrder = "chronological"
+    precision_at: tuple[int, ...] = (10,)
+    fp_alphas: tuple[float, ...] = (0.01,)
+    #: Quantile of validation ``correct`` scores used as the alert threshold (fraction, 0.99 = 99 %).
+    threshold_quantile: float = 0.99
+    #: Extra parameters per registry key (e.g. ``{"if": {"n_estimators": 400}}``).
+    model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in self.models:
+            get_spec(key)
+        if not self.seeds:
+            raise ConfigError("seeds: expected at least one seed, got none")
+        bad = [c for c in self.labels if c not in LABEL_COLUMNS.values()]
+        if bad or not self.labels:
+            raise ConfigError(f"labels {list(self.labels)}: expected some of {list(LABEL_COLUMNS.values())}")
+        if not 0.0 < self.threshold_quantile < 1.0:
+            raise ConfigError(
+                f"threshold_quantile={self.threshold_quantile}: expected a fraction in (0, 1), e.g. 0.99"
+            )
+        if any(k < 1 for k in self.precision_at):
+            raise ConfigError(f"precision_at {list(self.precision_at)}: expected k >= 1")
+        if any(not 0.0 < a <= 1.0 for a in self.fp_alphas):
+            raise ConfigError(f"fp_alphas {list(self.fp_alphas)}: expected fractions in (0, 1]")
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        """The models plus the canary (always evaluated, once)."""
+        return (*self.models, CANARY) if CANARY not in self.models else self.models
+
+    def metric_names(self) -> list[str]:
+        names = ["roc_auc", "pr_auc", "anomaly_share"]
+        names += [f"precision_at_{k}" for k in self.precision_at]
+        for a in self.fp_alphas:
+            names += [f"fp_rate_at_{a}", f"false_alarm_share_at_{a}"]
+        return names + list(THRESHOLD_METRICS)
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """One metric over seeds: mean ± std (sample std, ddof=1) of the seeds where it is defined."""
+
+    mean: float
+    std: float
+    n: int
+    values: tuple[float, ...]
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, values: Sequence[float], reasons: Sequence[str | None] = ()) -> MetricSummary:
+        arr = np.asarray(values, dtype=np.float64)
+        ok = arr[~np.isnan(arr)]
+        if ok.size == 0:
+            why = next((r for r in reasons if r), "no seed gave a value")
+            return cls(math.nan, math.nan, 0, tuple(arr.tolist()), why)
+        std = float(ok.std(ddof=1)) if ok.size > 1 else 0.0
+        return cls(float(ok.mean()), std, int(ok.size), tuple(arr.tolist()))
+
+    def text(self, digits: int = 3) -> str:
+        if self.n == 0:
+            return "n/a"
+        if len(self.values) <= 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """Metrics of one model × label × service group over the seeds, with the canary next to it."""
+
+    model: str
+    label: str
+    service: str
+    n_test: int
+    n_anomalous: int
+    metrics: dict[str, MetricSummary]
+    canary: dict[str, MetricSummary]
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """Caught/missed anomalous test sequences of one error case (summed over seeds)."""
+
+    model: str
+    label: str
+    test_case: str
+    target_service: str | None
+    n_positive: int
+    caught: int
+    missed: int
+    recall: MetricSummary
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A model that could not be fitted or scored for one label and seed; evaluation went on."""
+
+    model: str
+    label: str
+    seed: int
+    error: str
+
+
+@dataclass
+class ScoreSet:
+    """Test scores of one model × label for one seed (what the report plots)."""
+
+    model: str
+    label: str
+    seed: int
+    threshold: float
+    y: np.ndarray
+    scores: np.ndarray
+    service: np.ndarray
+    test_case: np.ndarray
+
+
+@dataclass
+class EvaluationResult:
+    """Everything ``lo2 evaluate`` found; ``write_results`` puts it on disk, ``batch.report`` shows it."""
+
+    config: EvaluationConfig
+    splits: list[RunSplit]
+    rows: list[ResultRow]
+    cases: list[CaseRow]
+    failures: list[Failure]
+    scores: list[ScoreSet]
+    feature_fingerprints: list[str]
+    timings_s: dict[str, float]
+    targeted_services: tuple[str, ...]
+    n_sequences: dict[str, int]
+
+    def row(self, model: str, label: str, service: str = ALL) -> ResultRow:
+        for r in self.rows:
+            if (r.model, r.label, r.service) == (model, label, service):
+                return r
+        raise KeyError(f"no result for model={model!r} label={label!r} service={service!r}")
+
+    def summary(self) -> dict[str, Any]:
+        """Headline checks: per label, the worst ROC-AUC over targeted services per model and canary."""
+        out: dict[str, Any] = {}
+        for label in self.config.labels:
+            per_model: dict[str, Any] = {}
+            for model in self.config.all_models:
+                vals = [
+                    r.metrics["roc_auc"].mean
+                    for r in self.rows
+                    if r.model == model and r.label == label and r.service in self.targeted_services
+                ]
+                ok = [v for v in vals if not math.isnan(v)]
+                pooled = [r for r in self.rows if (r.model, r.label, r.service) == (model, label, ALL)]
+                per_model[model] = {
+                    "roc_auc_all": pooled[0].metrics["roc_auc"].mean if pooled else math.nan,
+                    "min_roc_auc_targeted_services": min(ok) if ok else math.nan,
+                }
+            out[label] = per_model
+        return out
+
+
+# --- data preparation ---------------------------------------------------------------------------
+
+
+def read_events(path: Path) -> pl.DataFrame:
+    """events.parquet (a file, or a folder holding ``events.parquet``), with a clear error if absent."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "events.parquet"
+    if not p.is_file():
+        raise ConfigError(f"events Parquet not found at {p}; run `lo2 load` first or pass --root")
+    return pl.read_parquet(p)
+
+
+#: Raw sequence columns the canary sees: length and duration only.  ``n_stack_lines`` (also in
+#: ``shared.features.canary_features``) is left out on purpose: stack traces are what many errors
+#: look like, so a model on them measures the error signal, not the length/duration leak.
+CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s")
+
+
+def prepare(events: pl.DataFrame, split: RunSplit) -> Featurized:
+    """Fit the feature spec on the training runs' events and featurize every sequence once.
+
+    The one implementation of ``batch.train`` (so evaluation measures what training builds); the
+    canary input is narrowed to :data:`CANARY_COLUMNS`.
+    """
+    data = featurize(events, split)
+    canary_all = np.asarray(data.inputs["canary"], dtype=np.float64)
+    keep = [TRAIN_CANARY_COLUMNS.index(c) for c in CANARY_COLUMNS]
+    data.inputs = {**data.inputs, "canary": canary_all[:, keep]}
+    return data
+
+
+def _fingerprint(data: Featurized) -> str:
+    return str(data.spec.fingerprint())
+
+
+# --- one model, one seed ------------------------------------------------------------------------
+
+
+def _rows(X: Any, idx: np.ndarray) -> Any:
+    return X[idx]
+
+
+def _metrics(
+    y: np.ndarray, s: np.ndarray, threshold: float, config: EvaluationConfig
+) -> dict[str, dm.MetricValue]:
+    out = dm.ranking_metrics(y, s, ks=config.precision_at, alphas=config.fp_alphas)
+    tm = dm.threshold_metrics(y, s, threshold)
+    out.update(
+        f1=tm.f1,
+        precision=tm.precision,
+        recall=tm.recall,
+        alert_rate=tm.alert_rate,
+        false_positive_rate=tm.false_positive_rate,
+        threshold=dm.MetricValue(threshold),
+    )
+    return out
+
+
+@dataclass
+class _Run:
+    """Scores of one model for one fit label and seed."""
+
+    model: str
+    fit_label: str
+    seed: int
+    threshold: float
+    test_scores: np.ndarray
+    val_scores: np.ndarray
+
+
+def _fit_and_score(
+    spec: ModelSpec,
+    data: Featurized,
+    fit_label: str,
+    seed: int,
+    config: EvaluationConfig,
+) -> _Run:
+    X = input_matrix(data.inputs, spec.input_kind)
+    tr, va, te = data.rows("train"), data.rows("validation"), data.rows("test")
+    y_all = data.labels(fit_label)
+    detector = spec.build(seed, config.model_params.get(spec.key))
+    # Unsupervised detectors keep only rows with y == 0, i.e. the training runs' `correct` sequences
+    # (fit_label is the paper label for them); supervised ones learn the label.
+    detector.fit(X[tr], y_all[tr].astype(int))
+    val_scores = np.asarray(detector.score(X[va]), dtype=np.float64)
+    test_scores = np.asarray(detector.score(X[te]), dtype=np.float64)
+    val_correct = ~data.labels("anomaly")[va]
+    threshold = dm.threshold_from_quantile(val_scores[val_correct], config.threshold_quantile)
+    if not threshold.defined:
+        raise ValueError(f"cannot calibrate a threshold: {threshold.reason} (validation runs)")
+    return _Run(spec.key, fit_label, seed, float(threshold), test_scores, val_scores)
+
+
+# --- the evaluation ---------------------------------------------------------------------------
+
+
+def evaluate(
+    events: pl.DataFrame,
+    config: EvaluationConfig,
+    progress: ProgressFn | None = None,
+) -> EvaluationResult:
+    """Evaluate ``config.models`` (and the canary) on held-out runs of ``events`` for every seed."""
+    t_start = time.perf_counter()
+    events = cast(pl.DataFrame, filter_services(events, config.services))
+    timings: dict[str, float] = {}
+    failures: list[Failure] = []
+    runs: list[_Run] = []
+    splits: list[RunSplit] = []
+    prepared: dict[str, Featurized] = {}
+    preps_by_seed: dict[int, Featurized] = {}
+    for seed in config.seeds:
+        split = split_runs(events, config.fractions, seed=seed, order=config.split_order)
+        if split.fingerprint not in prepared:
+            t0 = time.perf_counter()
+            prepared[split.fingerprint] = prepare(events, split)
+            timings["featurize"] = timings.get("featurize", 0.0) + time.perf_counter() - t0
+            splits.append(split)
+        prep = prepared[split.fingerprint]
+        preps_by_seed[seed] = prep
+        for key in config.all_models:
+            spec = get_spec(key)
+            fit_labels = list(config.labels) if spec.supervised else ["anomaly"]
+            for fit_label in fit_labels:
+                if progress:
+                    progress(f"seed {seed}: {key} ({'fit on ' + fit_label if spec.supervised else 'normals'})")
+                if not available(spec):
+                    failures.append(Failure(key, fit_label, seed, f"needs the optional package {spec.needs!r}"))
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    runs.append(_fit_and_score(spec, prep, fit_label, seed, config))
+                except (ValueError, RuntimeError, ImportError, MemoryError, Lo2Error) as exc:
+                    log.warning("model %s (label %s, seed %d) failed: %s", key, fit_label, seed, exc)
+                    failures.append(Failure(key, fit_label, seed, f"{type(exc).__name__}: {exc}"))
+                timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+    rows, cases, scores = _collect(runs, preps_by_seed, config)
+    timings["total"] = time.perf_counter() - t_start
+    any_prep = next(iter(prepared.values()))
+    test_meta = any_prep.meta[any_prep.rows("test")]
+    targeted = sorted(
+        {t for t in (target_service(c) for c in test_meta["test_case"].unique().to_list()) if t}
+        & set(test_meta["service"].unique().to_list())
+    )
+    return EvaluationResult(
+        config=config,
+        splits=splits,
+        rows=rows,
+        cases=cases,
+        failures=failures,
+        scores=scores,
+        feature_fingerprints=[_fingerprint(p) for p in prepared.values()],
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        targeted_services=tuple(targeted),
+        n_sequences={name: int(any_prep.rows(name).size) for name in ("train", "validation", "test")},
+    )
+
+
+def _eval_labels(spec: ModelSpec, run: _Run, config: EvaluationConfig) -> list[str]:
+    return [run.fit_label] if spec.supervised else list(config.labels)
+
+
+def _collect(
+    runs: list[_Run], preps: dict[int, Featurized], config: EvaluationConfig
+) -> tuple[list[ResultRow], list[CaseRow], list[ScoreSet]]:
+    """Per model × label × service: metrics per seed, then mean ± std; per error case: caught/missed."""
+    per: dict[tuple[str, str, str], list[dict[str, dm.MetricValue]]] = {}
+    sizes: dict[tuple[str, str, str], tuple[int, int]] = {}
+    case_hits: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
+    scores: list[ScoreSet] = []
+    first_seed = config.seeds[0]
+    for run in runs:
+        spec = get_spec(run.model)
+        prep = preps[run.seed]
+        test_meta = prep.meta[prep.rows("test")]
+        services = test_meta["service"].to_numpy()
+        cases = test_meta["test_case"].to_numpy()
+        for label in _eval_labels(spec, run, config):
+            y = prep.labels(label)[prep.rows("test")]
+            groups = [(ALL, np.ones(y.size, dtype=bool))]
+            groups += [(s, services == s) for s in sorted(set(services.tolist()))]
+            for service, mask in groups:
+                key = (run.model, label, service)
+                per.setdefault(key, []).append(_metrics(y[mask], run.test_scores[mask], run.threshold, config))
+                sizes[key] = (int(mask.sum()), int(y[mask].sum()))
+            alerts = run.test_scores >= run.threshold
+            for case in sorted(set(cases[y].tolist())):
+                m = (cases == case) & y
+                case_hits.setdefault((run.model, label, case), []).append((int(m.sum()), int(alerts[m].sum())))
+            if run.seed == first_seed:
+                scores.append(
+                    ScoreSet(run.model, label, run.seed, run.threshold, y, run.test_scores, services, cases)
+                )
+    rows: list[ResultRow] = []
+    for (model, label, service), seed_metrics in per.items():
+        summary = {
+            name: MetricSummary.of(
+                [float(m.get(name, math.nan)) for m in seed_metrics],
+                [getattr(m.get(name), "reason", None) for m in seed_metrics],
+            )
+            for name in config.metric_names()
+        }
+        rows.append(ResultRow(model, label, service, *sizes[(model, label, service)], summary, {}))
+    canary = {(r.label, r.service): r.metrics for r in rows if r.model == CANARY}
+    rows = [
+        ResultRow(r.model, r.label, r.service, r.n_test, r.n_anomalous, r.metrics, canary.get((r.label, r.service), {}))
+        for r in rows
+    ]
+    order = {m: i for i, m in enumerate(config.all_models)}
+    rows.sort(key=lambda r: (config.labels.index(r.label), r.service != ALL, r.service, order[r.model]))
+    case_rows = []
+    for (model, label, case), hits in case_hits.items():
+        n_pos = sum(h[0] for h in hits)
+        caught = sum(h[1] for h in hits)
+        case_rows.append(
+            CaseRow(
+                model,
+                label,
+                case,
+                target_service(case),
+                n_pos,
+                caught,
+                n_pos - caught,
+                MetricSummary.of([c / n if n else math.nan for n, c in hits]),
+            )
+        )
+    case_rows.sort(key=lambda c: (config.labels.index(c.label), c.test_case, order[c.model]))
+    return rows, case_rows, scores
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def result_dict(result: EvaluationResult) -> dict[str, Any]:
+    """The JSON form of a result (NaN → null with its reason kept next to it)."""
+    cfg = asdict(result.config)
+    cfg["model_params"] = {k: dict(v) for k, v in result.config.model_params.items()}
+    out: dict[str, Any] = _jsonable(
+        {
+            "schema": "lo2.evaluation.v1",
+            "config": cfg,
+            "splits": [s.as_dict() for s in result.splits],
+            "feature_fingerprints": result.feature_fingerprints,
+            "n_sequences": result.n_sequences,
+            "targeted_services": list(result.targeted_services),
+            "summary": result.summary(),
+            "rows": [
+                {
+                    "model": r.model,
+                    "label": r.label,
+                    "service": r.service,
+                    "n_test": r.n_test,
+                    "n_anomalous": r.n_anomalous,
+                    "metrics": {k: asdict(v) for k, v in r.metrics.items()},
+                    "canary": {k: asdict(v) for k, v in r.canary.items()},
+                }
+                for r in result.rows
+            ],
+            "cases": [asdict(c) for c in result.cases],
+            "failures": [asdict(f) for f in result.failures],
+            "timings_s": result.timings_s,
+        }
+    )
+    return out
+
+
+def results_frame(result: EvaluationResult) -> pl.DataFrame:
+    """One row per model × label × service × metric, with the canary's value of the same metric."""
+    records = []
+    for r in result.rows:
+        for name, m in r.metrics.items():
+            c = r.canary.get(name)
+            records.append(
+                {
+                    "model": r.model,
+                    "label": r.label,
+                    "service": r.service,
+                    "metric": name,
+                    "mean": m.mean,
+                    "std": m.std,
+                    "n_seeds": m.n,
+                    "canary_mean": c.mean if c else math.nan,
+                    "canary_std": c.std if c else math.nan,
+                    "n_test": r.n_test,
+                    "n_anomalous": r.n_anomalous,
+                    "reason": m.reason,
+                }
+            )
+    return pl.DataFrame(records, schema_overrides={"reason": pl.String})
+
+
+def scores_frame(result: EvaluationResult) -> pl.DataFrame:
+    """Test scores of the first seed (model, label, service, test_case, y, score, threshold)."""
+    parts = [
+        pl.DataFrame(
+            {
+                "model": [s.model] * s.y.size,
+                "label": [s.label] * s.y.size,
+                "seed": [s.seed] * s.y.size,
+                "service": s.service.astype(str),
+                "test_case": s.test_case.astype(str),
+                "y": s.y.astype(bool),
+                "score": s.scores.astype(np.float64),
+                "threshold": [s.threshold] * s.y.size,
+            }
+        )
+        for s in result.scores
+    ]
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def write_results(result: EvaluationResult, out_dir: Path) -> dict[str, Path]:
+    """Write results.json, results.csv, cases.csv and scores.parquet into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "results.json",
+        "csv": out_dir / "results.csv",
+        "cases": out_dir / "cases.csv",
+        "scores": out_dir / "scores.parquet",
+    }
+    paths["json"].write_text(json.dumps(result_dict(result), indent=2, allow_nan=False) + "\n")
+    results_frame(result).write_csv(paths["csv"])
+    cases = pl.DataFrame(
+        [
+            {
+                "model": c.model,
+                "label": c.label,
+                "test_case": c.test_case,
+                "target_service": c.target_service,
+                "n_positive": c.n_positive,
+                "caught": c.caught,
+                "missed": c.missed,
+                "recall_mean": c.recall.mean,
+                "recall_std": c.recall.std,
+            }
+            for c in result.cases
+        ],
+        schema_overrides={"target_service": pl.String},
+    )
+    cases.write_csv(paths["cases"])
+    scores_frame(result).write_parquet(paths["scores"])
+    return paths
+
+
+def registry_keys() -> list[str]:
+    return list(REGISTRY)
