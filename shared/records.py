@@ -220,6 +220,7 @@ class TopFeature(_Strict):
     """One feature that explains the anomaly (same shape as ``shared.explain.TopFeature``)."""
 
     name: str = Field(description="Readable feature name (template text, level count, ...), redacted.")
+    feature: str | None = Field(default=None, description="Machine name of the feature (column of the feature matrix).")
     value: float = Field(description="The feature's value in this sequence.")
     normal_low: float = Field(description="Low quantile of the feature over training normals.")
     normal_high: float = Field(description="High quantile of the feature over training normals.")

@@ -10,6 +10,7 @@ Build it once in an entry point (``Settings()``) and pass it down; library code 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,6 +119,35 @@ class Settings(BaseSettings):
         default="memory://",
         description="Faust table store: memory:// (dev/tests) or rocksdb:// (production, needs rocksdict).",
     )
+
+    # --- streaming worker (worker/app.py, worker/agents.py; owner: worker) ---------------------------
+    scores_topic: str = Field(default="lo2.scores", description="Topic with one score record per scored sequence (parity, audits).")
+    worker_emit_scores: bool = Field(default=True, description="Also emit every scored sequence to scores_topic.")
+    worker_input_mode: Literal["auto", "json", "raw"] = Field(
+        default="auto", description="Input form: auto (JSON if the value starts with '{', else raw line), json, or raw."
+    )
+    worker_datadir: Path = Field(default=PROJECT_ROOT / ".lo2" / "worker", description="Faust data dir (tables, rocksdb).")
+    worker_web_bind: str = Field(default="0.0.0.0", description="Address the worker's web server (/metrics) binds to.")  # noqa: S104
+    worker_batch_max: int = Field(default=500, ge=1, description="Max input records per processing batch (stream.take_events).")
+    worker_batch_within_s: float = Field(default=0.05, gt=0, description="Max wait for a batch to fill (seconds); bounds latency.")
+    worker_tick_s: float = Field(default=0.5, gt=0, description="Timer interval that folds held-back events and closes idle sequences.")
+    worker_pending_hold_s: float = Field(
+        default=2.0, ge=0, description="How long the last event of a stream waits for stack-trace lines in later records."
+    )
+    worker_idle_after_s: float = Field(
+        default=5.0, gt=0, description="Wall seconds without input after which event time is advanced to close idle sequences."
+    )
+    worker_online_model: bool = Field(default=True, description="Score with River HalfSpaceTrees alongside the bundle.")
+    worker_live_stream: str = Field(default="live", description="Run name given to records without a run (live shippers).")
+    worker_max_record_bytes: int = Field(default=1_048_576, ge=1, description="Larger input records go to the DLQ (too_large).")
+    worker_max_line_chars: int = Field(default=16_384, ge=1, description="Longer log lines go to the DLQ (too_large).")
+    worker_max_batch_lines: int = Field(default=10_000, ge=1, description="Batch envelopes with more lines go to the DLQ (too_large).")
+    worker_buffer_maxsize: int = Field(default=4096, ge=1, description="Faust stream buffer per partition (records).")
+    worker_commit_interval_s: float = Field(default=1.0, gt=0, description="How often processed input offsets are committed.")
+    worker_session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout (dead worker detection).")
+    worker_heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
+    worker_rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer rebalance timeout.")
+    model_reload_interval_s: float = Field(default=10.0, gt=0, description="How often the worker checks the `current` model pointer.")
 
     # --- data ------------------------------------------------------------------------------------
     seed: int = Field(default=42, description="Default seed for everything random (generation, sampling, models).")

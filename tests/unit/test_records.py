@@ -100,3 +100,17 @@ def test_dlq_record_keeps_original_bytes() -> None:
     back = DlqRecord.model_validate_json(rec.model_dump_json())
     assert base64.b64decode(back.value_b64) == raw
     jsonschema.validate(json.loads(rec.model_dump_json()), json.loads(Path(SCHEMAS / "dlq-record.v1.json").read_text()))
+
+
+def test_explanations_of_shared_explain_fit_the_record() -> None:
+    """Contract between shared/explain.py (producer of explanations) and the anomaly record."""
+    from shared import explain
+
+    ex = explain.Explanation(
+        method="deviation",
+        top_features=[explain.TopFeature(name="ERROR share", feature="level:ERROR", value=0.2, normal_low=0.0, normal_high=0.01, contribution=3.0)],
+        nearest_normal=explain.NearestNormal(seq_id="abc", distance=1.5, differing_features=[explain.DifferingFeature(name="x", value=1.0, normal_value=0.0)]),
+        evidence=["line"],
+    )
+    rec = Explanation.model_validate(ex.model_dump())
+    assert rec.top_features[0].feature == "level:ERROR" and rec.nearest_normal is not None

@@ -1,0 +1,147 @@
+"""The worker's engine without Kafka: replayed records -> sequences -> scores equal the batch path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from shared.records import AnomalyRecord, DlqRecord, ScoreRecord
+from tests.worker_data import TRIM, batch_scores, build_bundle, load_events, write_runs
+from worker.agents import EngineConfig, RecordIn, StreamEngine
+from worker.replay import ReplayStats, build_records, folder_chunks
+from worker.scoring import LoadedModel, ModelWatcher, Scorer
+from worker.telemetry import WorkerMetrics
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, real_token_sample: Path) -> dict[str, object]:
+    root = write_runs(tmp_path_factory.mktemp("runs"), real_token_sample)
+    events = load_events(root, tmp_path_factory.mktemp("parquet"))
+    bundle_dir = build_bundle(events, tmp_path_factory.mktemp("models"))
+    return {"root": root, "events": events, "bundle": bundle_dir, "batch": batch_scores(events, bundle_dir)}
+
+
+def _run(engine: StreamEngine, root: Path, batch_lines: int, *, extra: list[RecordIn] = ()) -> list[tuple[str, bytes]]:  # type: ignore[assignment]
+    stats = ReplayStats()
+    records = list(build_records(folder_chunks(root, TRIM, stats), batch_lines=batch_lines, stats=stats))
+    out: list[tuple[str, bytes]] = []
+    ins = [RecordIn(r.key, r.value, "lo2.logs", 0, i, 1719592986000) for i, r in enumerate(records)]
+    ins[len(ins) // 2 : len(ins) // 2] = list(extra)
+    ins = [RecordIn(r.key, r.value, r.topic, r.partition, i, r.timestamp_ms) for i, r in enumerate(ins)]  # offsets in order
+    for i in range(0, len(ins), 50):  # batches as the agent would see them
+        for rec in ins[i : i + 50]:
+            engine.handle(rec)
+        outputs, _ = engine.finish_batch()
+        out.extend((o.kind, o.value) for o in outputs)
+    return out
+
+
+def _engine(bundle: Path) -> StreamEngine:
+    metrics = WorkerMetrics.create()
+    model = ModelWatcher(bundle, metrics, follow_current=False).load_initial()
+    return StreamEngine(model, Scorer(metrics, online=True, seed=1), metrics, EngineConfig(worker_id="t"))
+
+
+@pytest.mark.parametrize("batch_lines", [1, 64])
+def test_stream_scores_equal_batch_scores(world: dict[str, object], batch_lines: int) -> None:
+    engine = _engine(world["bundle"])  # type: ignore[arg-type]
+    out = _run(engine, world["root"], batch_lines)  # type: ignore[arg-type]
+    scores = {}
+    for kind, value in out:
+        if kind == "score":
+            rec = ScoreRecord.model_validate_json(value)
+            key = (rec.sequence.run, rec.sequence.test_case, rec.service)
+            assert key not in scores, f"sequence {key} scored twice"
+            scores[key] = rec
+    expected: dict[tuple[str, str, str], float] = world["batch"]  # type: ignore[assignment]
+    assert set(scores) == set(expected)
+    for key, rec in scores.items():
+        assert rec.score == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+        assert rec.closed_by == "end_marker"
+    events: pl.DataFrame = world["events"]  # type: ignore[assignment]
+    counts = {tuple(k): n for *k, n in events.group_by("run", "test_case", "service").len().iter_rows()}
+    assert {k: r.event_count for k, r in scores.items()} == counts
+    anomalies = [AnomalyRecord.model_validate_json(v) for k, v in out if k == "anomaly"]
+    assert anomalies, "the injected errors should make some sequences anomalous"
+    assert all(a.explanation.evidence and a.explanation.top_features for a in anomalies)
+    assert {a.id for a in anomalies} <= {r.id for r in scores.values()}
+    assert engine.store.data == {} and engine.pending == {}
+
+
+def test_bad_records_go_to_the_dlq_and_good_ones_are_still_scored(world: dict[str, object]) -> None:
+    bad = [
+        RecordIn(None, b"{not json", "lo2.logs", 0, 10_000, 1),
+        RecordIn(None, b'{"service": "mysql", "line": "x"}', "lo2.logs", 0, 10_001, 1),
+        RecordIn(None, b"\xff\xfe", "lo2.logs", 0, 10_002, 1),
+        RecordIn(None, json.dumps({"service": "token", "lines": ["16:29:40.148 [x] broken", 3]}).encode(), "lo2.logs", 0, 10_003, 1),
+    ]
+    engine = _engine(world["bundle"])  # type: ignore[arg-type]
+    out = _run(engine, world["root"], 32, extra=bad)  # type: ignore[arg-type]
+    dlq = [DlqRecord.model_validate_json(v) for k, v in out if k == "dlq"]
+    assert sorted(d.reason for d in dlq) == ["invalid_utf8", "not_json", "unknown_service", "unparsable_line", "wrong_type"]
+    scored = {ScoreRecord.model_validate_json(v).id for k, v in out if k == "score"}
+    assert len(scored) == len(world["batch"])  # type: ignore[arg-type]
+    invalid = engine.metrics.registry.get_sample_value
+    assert invalid("lo2_worker_invalid_records_total", {"reason": "not_json"}) == 1
+
+
+def test_restored_state_resumes_open_sequences(world: dict[str, object]) -> None:
+    """Stop mid-stream, rebuild a new engine from the persisted state only, finish: same scores."""
+    stats = ReplayStats()
+    records = list(build_records(folder_chunks(world["root"], TRIM, stats), batch_lines=16, stats=stats))  # type: ignore[arg-type]
+    table: dict[str, object] = {}
+    first = _engine(world["bundle"])  # type: ignore[arg-type]
+    scores: dict[str, float] = {}
+    half = len(records) // 2
+    for i, r in enumerate(records[:half]):
+        first.handle(RecordIn(r.key, r.value, "lo2.logs", 0, i, 1))
+    outputs, changes = first.finish_batch()
+    for ch in changes:
+        if ch.value is None:
+            table.pop(ch.key, None)
+        else:
+            table[ch.key] = json.loads(json.dumps(ch.value))
+    scores.update({(rec := ScoreRecord.model_validate_json(o.value)).id: rec.score for o in outputs if o.kind == "score"})
+    second = _engine(world["bundle"])  # type: ignore[arg-type]
+    second.restore(table.items())
+    assert len(second.store) > 0 and len(second.pending) > 0
+    for i, r in enumerate(records):  # the whole stream again: the first half is skipped by offset
+        second.handle(RecordIn(r.key, r.value, "lo2.logs", 0, i, 1))
+    outputs, _ = second.finish_batch()
+    for o in outputs:
+        if o.kind == "score":
+            rec = ScoreRecord.model_validate_json(o.value)
+            assert rec.id not in scores
+            scores[rec.id] = rec.score
+    assert sorted(scores.values()) == pytest.approx(sorted(world["batch"].values()))  # type: ignore[attr-defined]
+
+
+def test_hot_reload_keeps_the_old_model_when_the_new_one_is_broken(world: dict[str, object], tmp_path: Path) -> None:
+    import shutil
+
+    from shared.bundle import promote
+
+    models = tmp_path / "models"
+    good = Path(shutil.copytree(world["bundle"], models / "good"))  # type: ignore[arg-type]
+    promote(good, models)
+    metrics = WorkerMetrics.create()
+    watcher = ModelWatcher(models, metrics, follow_current=True)
+    model = watcher.load_initial()
+    broken = Path(shutil.copytree(good, models / "broken"))
+    (broken / "feature_spec.json").write_text("{}", encoding="utf-8")
+    import os
+
+    os.replace(models / "current", models / "current.bak")
+    os.symlink("broken", models / "current")
+    assert watcher.check(model) is None
+    assert metrics.registry.get_sample_value("lo2_worker_model_reloads_total", {"result": "failed"}) == 1
+    shutil.copytree(good, models / "second")
+    os.replace(models / "current.bak", models / "current")
+    (models / "current").unlink()
+    os.symlink("second", models / "current")
+    new = watcher.check(model)
+    assert isinstance(new, LoadedModel) and new.version == "second"
+    assert metrics.registry.get_sample_value("lo2_worker_model_info", {"model": "isolation_forest", "version": "second"}) == 1

@@ -1,0 +1,267 @@
+"""The Faust app of the streaming worker: topics, the changelog table, one agent, timers, /metrics.
+
+``create_app(settings, bundle_path)`` builds everything from settings and returns a
+:class:`WorkerRuntime` (the app plus the engine and metrics) without side effects at import time;
+``lo2 worker`` and the tests call it.  The wiring only moves bytes: decoding, sequencing, scoring
+and record building live in :class:`worker.agents.StreamEngine`.
+
+How a batch is made durable (at-least-once without double counting):
+
+1. the agent reads a batch with ``stream.take_events`` (Faust acks those events only after the
+   loop body has finished with them);
+2. the engine folds the records in and scores the sequences they closed;
+3. output records go to the anomalies/scores/DLQ topics and the changed state (accumulators,
+   held-back events, the highest processed offset per partition) to the table's changelog, then
+   the producer is flushed;
+4. only then does the loop body return and Faust ack (and later commit) the input offsets.
+
+A worker killed anywhere in between restarts from the last committed offset with the state of
+the last flushed batch; records it had already folded in are recognised by their offset and skipped,
+and re-emitted anomaly records carry the same deterministic id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from shared.settings import Settings
+from worker.agents import EngineConfig, Output, RecordIn, StateChange, StreamEngine
+from worker.envelopes import Limits
+from worker.scoring import ModelWatcher, Scorer
+from worker.telemetry import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+STATE_TABLE = "state"
+
+
+@dataclass
+class WorkerRuntime:
+    """The app and what its agent and timers share."""
+
+    app: faust.App
+    engine: StreamEngine
+    metrics: WorkerMetrics
+    watcher: ModelWatcher
+    settings: Settings
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    needs_restore: bool = True
+    batches: int = 0
+    last_model_check: float = field(default_factory=time.monotonic)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def table(self) -> Any:
+        return self.app.tables[STATE_TABLE]
+
+    def _assigned_partitions(self) -> set[int]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except (AttributeError, RuntimeError):
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == self.settings.input_topic}
+
+    def _ready(self) -> bool:
+        if self.app.rebalancing:
+            return False
+        recovery = getattr(self.app.tables, "recovery", None)
+        return not (recovery is not None and getattr(recovery, "in_recovery", False))
+
+    def _restore_if_needed(self) -> None:
+        if not self.needs_restore:
+            return
+        assigned = self._assigned_partitions()
+        items = [(k, v) for k, v in list(self.table.data.items()) if isinstance(v, dict) and int(v.get("p", -1)) in assigned]
+        self.engine.restore(items)
+        self.needs_restore = False
+
+    def _store_put(self, change: StateChange) -> None:
+        store = self.table.data
+        if change.value is None:
+            try:
+                del store[change.key]
+            except KeyError:
+                pass
+            return
+        if hasattr(store, "_db_for_partition"):  # rocksdb: write into the partition's database
+            k, v = store._encode_key(change.key), store._encode_value(change.value)
+            store._db_for_partition(change.partition).put(k, v)
+            store._key_index[k] = change.partition
+        else:
+            store[change.key] = change.value
+            key_partition = getattr(store, "_key_partition", None)
+            if key_partition is not None:
+                key_partition[change.key] = change.partition
+
+    async def _publish(self, outputs: Iterable[Output], changes: Iterable[StateChange]) -> None:
+        s = self.settings
+        producer = self.app.producer
+        topics = {"anomaly": s.anomalies_topic, "score": s.scores_topic, "dlq": s.dlq_topic}
+        futures: list[tuple[asyncio.Future[Any], Output]] = []
+        for out in outputs:
+            fut = await producer.send(topics[out.kind], out.key, out.value, None, None, None)
+            futures.append((fut, out))  # type: ignore[arg-type]
+        changelog = self.table.changelog_topic.get_topic_name()
+        for ch in changes:
+            self._store_put(ch)
+            value = None if ch.value is None else _json_bytes(ch.value)
+            fut = await producer.send(changelog, _json_bytes(ch.key), value, ch.partition, None, None)
+            futures.append((fut, None))  # type: ignore[arg-type]
+        if not futures:
+            return
+        await producer.flush()
+        await asyncio.gather(*(f for f, _ in futures))
+        now_ms = time.time() * 1000
+        for _, out in futures:
+            if out is not None and out.kind != "dlq" and out.source_ms is not None:
+                self.metrics.end_to_end_seconds.observe(max(0.0, (now_ms - out.source_ms) / 1000))
+
+    # ------------------------------------------------------------------ entry points
+
+    async def process_events(self, events: Iterable[Any]) -> None:
+        async with self.lock:
+            self._restore_if_needed()
+            engine = self.engine
+            for ev in events:
+                msg = ev.message
+                ts = msg.timestamp
+                engine.handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                                       int(ts * 1000) if ts else None))
+            outputs, changes = engine.finish_batch()
+            await self._publish(outputs, changes)
+            self.batches += 1
+
+    async def tick(self) -> None:
+        if not self._ready():
+            return
+        async with self.lock:
+            self._restore_if_needed()
+            now = time.monotonic()
+            if now - self.last_model_check >= self.settings.model_reload_interval_s:
+                self.last_model_check = now
+                new = self.watcher.check(self.engine.model)
+                if new is not None:
+                    self.engine.swap_model(new)
+            self.engine.tick(now)
+            outputs, changes = self.engine.finish_batch()
+            await self._publish(outputs, changes)
+
+
+def _json_bytes(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def bootstrap_of(settings: Settings) -> str:
+    return settings.kafka_bootstrap_servers or f"localhost:{settings.kafka_port}"
+
+
+def create_app(
+    settings: Settings,
+    bundle_path: Path,
+    *,
+    follow_current: bool | None = None,
+    registry: CollectorRegistry | None = None,
+    web_port: int | None = None,
+    datadir: Path | None = None,
+    worker_id: str | None = None,
+) -> WorkerRuntime:
+    """Build the worker: Faust app, topics, state table, agent, timer, metrics page.
+
+    ``bundle_path`` is a bundle folder or a model folder with a ``current`` pointer; with
+    ``follow_current`` (default: when the path has a ``current`` pointer) the worker hot-reloads
+    whatever ``current`` points at.
+    """
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    bundle_path = Path(bundle_path)
+    if follow_current is None:
+        follow_current = (bundle_path / "current").exists()
+    metrics = WorkerMetrics.create(registry)
+    watcher = ModelWatcher(bundle_path, metrics, follow_current=follow_current)
+    model = watcher.load_initial()
+    scorer = Scorer(metrics, online=settings.worker_online_model, seed=settings.seed)
+    cfg = EngineConfig(
+        worker_id=worker_id or f"{socket.gethostname()}:{web_port or settings.worker_web_port}",
+        input_mode=settings.worker_input_mode,
+        limits=Limits(
+            max_record_bytes=settings.worker_max_record_bytes,
+            max_line_chars=settings.worker_max_line_chars,
+            max_batch_lines=settings.worker_max_batch_lines,
+        ),
+        live_stream=settings.worker_live_stream,
+        emit_scores=settings.worker_emit_scores,
+        pending_hold_s=settings.worker_pending_hold_s,
+        idle_after_s=settings.worker_idle_after_s,
+    )
+    engine = StreamEngine(model, scorer, metrics, cfg)
+
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap_of(settings)}",
+        store=settings.table_store,
+        datadir=str(datadir or settings.worker_datadir),
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.worker_commit_interval_s,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=settings.worker_heartbeat_interval_s,
+        broker_rebalance_timeout=settings.worker_rebalance_timeout_s,
+        producer_linger=0.005,
+        producer_max_request_size=4_194_304,
+        stream_buffer_maxsize=settings.worker_buffer_maxsize,
+        web_enabled=True,
+        web_port=web_port or settings.worker_web_port,
+        web_bind=settings.worker_web_bind,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_router_enabled=False,
+        table_standby_replicas=0,
+    )
+    parts = settings.topic_partitions
+    input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, partitions=parts)
+    app.Table(STATE_TABLE, default=None, partitions=parts, key_serializer="json", value_serializer="json",
+              help="open sequences, held-back events and processed offsets")
+
+    runtime = WorkerRuntime(app=app, engine=engine, metrics=metrics, watcher=watcher, settings=settings)
+    batch_max, within = settings.worker_batch_max, settings.worker_batch_within_s
+
+    @app.agent(input_topic, name="lo2-sequences")
+    async def sequences(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(batch_max, within=within):
+            await runtime.process_events(events)
+
+    @app.timer(interval=settings.worker_tick_s)
+    async def tick() -> None:
+        await runtime.tick()
+
+    async def _rebalanced(*args: Any, **kwargs: Any) -> None:
+        runtime.needs_restore = True
+
+    app.on_partitions_assigned.connect(_rebalanced)
+    app.on_partitions_revoked.connect(_rebalanced)
+
+    @app.task
+    async def declare_outputs() -> None:
+        for name in (settings.anomalies_topic, settings.dlq_topic) + ((settings.scores_topic,) if settings.worker_emit_scores else ()):
+            await app.topic(name, partitions=parts).maybe_declare()
+
+    setup_prometheus_sensors(app, registry=metrics.registry, name_prefix=f"lo2_faust_{settings.app_id}")
+    return runtime
