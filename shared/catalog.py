@@ -21,6 +21,7 @@ the suffix of its name (``ErrorCase.expected_status``, what Locust expected): th
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from shared.parsing import SERVICES
@@ -41,6 +42,8 @@ __all__ = [
     "target_service",
     "targets",
 ]
+
+_STATUS_IN_NAME = re.compile(r"_([1-5][0-9]{2})(?:_|$)")
 
 #: The name of the test case without an injected error (the paper's normal class).
 CORRECT = "correct"
@@ -115,6 +118,7 @@ STATUS_CODES: dict[str, StatusCode] = dict(
             "Invalid authorization header %s. Basic authentication with credentials is required."),
         _sc("ERR12004", 401, "INVALID_BASIC_CREDENTIALS", "Invalid Basic credentials %s."),
         _sc("ERR12007", 401, "UNAUTHORIZED_CLIENT", "Unauthorized client with wrong client secret."),
+        _sc("ERR12008", 401, "INVALID_AUTHORIZATION_CODE", "Invalid Authorization Code %s."),
         _sc("ERR12011", 400, "PASSWORD_OR_PASSWORDCONFIRM_EMPTY", "Password %s or PasswordConfirm %s is empty."),
         _sc("ERR12012", 400, "PASSWORD_PASSWORDCONFIRM_NOT_MATCH",
             "Password %s and PasswordConfirm %s are not matched."),
@@ -173,8 +177,12 @@ class ErrorCase:
 
     @property
     def expected_status(self) -> int:
-        """HTTP status Locust expected (the numeric suffix of the name)."""
-        return int(self.name.rsplit("_", 1)[1])
+        """HTTP status Locust expected (the 3-digit part of the name, e.g. ``_400_``)."""
+        m = _STATUS_IN_NAME.search(self.name)
+        if m is None:
+            msg = f"error case name {self.name!r} has no 3-digit HTTP status part"
+            raise ValueError(msg)
+        return int(m.group(1))
 
     @property
     def error_message(self) -> str:
@@ -374,6 +382,7 @@ def _check() -> None:
         if case.service not in SERVICES or case.code not in STATUS_CODES or case.locust_user not in LOCUST_USERS:
             msg = f"error case {case.name!r} has service/code/user {case.service!r}/{case.code!r}/{case.locust_user!r}"
             raise RuntimeError(msg)
+        _ = case.expected_status
 
 
 _check()
