@@ -64,6 +64,11 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1\2{MASK}",
     ),
+    # Hazelcast map stores keyed by the secret itself: RefreshTokenMapStore load - Load:<refresh token>
+    (
+        re.compile(r"\b((?:RefreshToken|AuthCode|Code|Token)MapStore\s+\S+\s+-\s+[A-Za-z]+:)[^\s,]+"),
+        rf"\1{MASK}",
+    ),
     # JWTs anywhere.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MASK),
 )
@@ -82,6 +87,8 @@ def redact(text: str) -> str:
     'body {\\"password\\":***,\\"userId\\":\\"admin\\"}'
     >>> redact("Password abc123 and PasswordConfirm xyz789 are not matched.")
     'Password *** and PasswordConfirm *** are not matched.'
+    >>> redact("DEBUG c.n.oauth.cache.RefreshTokenMapStore load - Load:aa22f24b-51c1-442c-b1ea-00337461b58b")
+    'DEBUG c.n.oauth.cache.RefreshTokenMapStore load - Load:***'
     >>> redact("Invalid Authorization Code keNUio1dQP-rs6SyE15iUw. Incorrect password.")
     'Invalid Authorization Code *** Incorrect password.'
     """
