@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -40,7 +40,7 @@ import polars as pl
 from batch.registry import REGISTRY, ModelSpec, available, get_spec
 from batch.splits import RunSplit, SplitOrder, split_runs
 from batch.train import CANARY_COLUMNS as TRAIN_CANARY_COLUMNS
-from batch.train import Featurized, featurize, filter_services, input_matrix
+from batch.train import Events, Featurized, featurize, filter_services, input_matrix
 from shared import detection_metrics as dm
 from shared.catalog import target_service
 from shared.errors import ConfigError, Lo2Error
@@ -239,14 +239,14 @@ class EvaluationResult:
 # --- data preparation ---------------------------------------------------------------------------
 
 
-def read_events(path: Path) -> pl.DataFrame:
-    """events.parquet (a file, or a folder holding ``events.parquet``), with a clear error if absent."""
+def read_events(path: Path) -> pl.LazyFrame:
+    """events.parquet (a file, or a folder holding ``events.parquet``) as a lazy scan; clear error if absent."""
     p = Path(path)
     if p.is_dir():
         p = p / "events.parquet"
     if not p.is_file():
         raise ConfigError(f"events Parquet not found at {p}; run `lo2 load` first or pass --root")
-    return pl.read_parquet(p)
+    return pl.scan_parquet(p)
 
 
 #: Raw sequence columns the canary sees: length and duration only.  ``n_stack_lines`` (also in
@@ -255,7 +255,7 @@ def read_events(path: Path) -> pl.DataFrame:
 CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s")
 
 
-def prepare(events: pl.DataFrame, split: RunSplit) -> Featurized:
+def prepare(events: Events, split: RunSplit) -> Featurized:
     """Fit the feature spec on the training runs' events and featurize every sequence once.
 
     The one implementation of ``batch.train`` (so evaluation measures what training builds); the
@@ -333,14 +333,21 @@ def _fit_and_score(
 # --- the evaluation ---------------------------------------------------------------------------
 
 
+def run_table(events: Events) -> pl.DataFrame:
+    """One row per (run, run_epoch, test_case): all a split needs, cheap even on a lazy scan."""
+    table = events.select("run", "run_epoch", "test_case").unique()
+    return table.collect() if isinstance(table, pl.LazyFrame) else table
+
+
 def evaluate(
-    events: pl.DataFrame,
+    events: Events,
     config: EvaluationConfig,
     progress: ProgressFn | None = None,
 ) -> EvaluationResult:
     """Evaluate ``config.models`` (and the canary) on held-out runs of ``events`` for every seed."""
     t_start = time.perf_counter()
-    events = cast(pl.DataFrame, filter_services(events, config.services))
+    events = filter_services(events, config.services)
+    runs_of = run_table(events)
     timings: dict[str, float] = {}
     failures: list[Failure] = []
     runs: list[_Run] = []
@@ -348,7 +355,7 @@ def evaluate(
     prepared: dict[str, Featurized] = {}
     preps_by_seed: dict[int, Featurized] = {}
     for seed in config.seeds:
-        split = split_runs(events, config.fractions, seed=seed, order=config.split_order)
+        split = split_runs(runs_of, config.fractions, seed=seed, order=config.split_order)
         if split.fingerprint not in prepared:
             t0 = time.perf_counter()
             prepared[split.fingerprint] = prepare(events, split)

@@ -1,0 +1,202 @@
+"""Evaluation on a small generated v2 dataset: held-out runs, canary, thresholds from validation only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batch.evaluate import (
+    ALL,
+    CANARY,
+    EvaluationConfig,
+    EvaluationResult,
+    MetricSummary,
+    evaluate,
+    read_events,
+    run_table,
+    write_results,
+)
+from batch.splits import split_runs
+
+MODELS = ("if", "sequence_lr_numeric")
+
+
+@pytest.fixture(scope="module")
+def events_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 generated v2 runs (correct + 4 error cases each), loaded into events.parquet."""
+    from batch.generate import GenerateConfig, generate
+    from batch.loader import load_runs, make_selection
+    from shared.catalog import targets
+
+    root = tmp_path_factory.mktemp("eval_gen")
+    generate(GenerateConfig(out=root / "runs", runs=6, errors_per_run=4, seed=5, layout="v2"))
+    load_runs(root / "runs", make_selection(seed=5), root / "pq", target=targets)
+    return root / "pq" / "events.parquet"
+
+
+@pytest.fixture(scope="module")
+def events(events_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(events_path)
+
+
+@pytest.fixture(scope="module")
+def config() -> EvaluationConfig:
+    return EvaluationConfig(models=MODELS, seeds=(1, 2), precision_at=(5,), fp_alphas=(0.05,))
+
+
+@pytest.fixture(scope="module")
+def result(events: pl.DataFrame, config: EvaluationConfig) -> EvaluationResult:
+    return evaluate(events, config)
+
+
+def _thresholds(result: EvaluationResult) -> dict[tuple[str, str], tuple[float, ...]]:
+    return {(r.model, r.label): r.metrics["threshold"].values for r in result.rows if r.service == ALL}
+
+
+def test_whole_runs_are_held_out(events: pl.DataFrame, result: EvaluationResult) -> None:
+    split = result.splits[0]
+    parts = [set(split.train_runs), set(split.validation_runs), set(split.test_runs)]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    # chronological: every test run is newer than every training run
+    epoch = dict(events.select("run", "run_epoch").unique().iter_rows())
+    assert max(epoch[r] for r in split.train_runs) < min(epoch[r] for r in split.test_runs)
+    # the scores plotted are exactly the test runs' sequences
+    n_test_seqs = events.filter(pl.col("run").is_in(list(split.test_runs)))["seq_id"].n_unique()
+    assert result.n_sequences["test"] == n_test_seqs
+    for s in result.scores:
+        assert s.scores.size == n_test_seqs
+    row = result.row("if", "anomaly")
+    assert row.n_test == n_test_seqs
+
+
+def test_canary_is_reported_next_to_every_model(result: EvaluationResult) -> None:
+    for r in result.rows:
+        assert r.canary, f"no canary for {r.model}/{r.label}/{r.service}"
+        canary = result.row(CANARY, r.label, r.service)
+        assert r.canary["roc_auc"] == canary.metrics["roc_auc"]
+    models = {r.model for r in result.rows}
+    assert models == {*MODELS, CANARY}
+
+
+def test_both_labels_per_service_and_pooled(result: EvaluationResult, events: pl.DataFrame) -> None:
+    services = set(events["service"].unique().to_list())
+    for label in ("anomaly", "anomaly_service"):
+        got = {r.service for r in result.rows if r.model == "if" and r.label == label}
+        assert ALL in got and got - {ALL} <= services and len(got) > 2
+    # paper label: every sequence of an error case is positive; service label: a subset of them
+    assert result.row("if", "anomaly").n_anomalous > result.row("if", "anomaly_service").n_anomalous > 0
+    assert set(result.targeted_services) <= services and result.targeted_services
+
+
+def test_metrics_are_summarised_over_seeds(result: EvaluationResult) -> None:
+    row = result.row("if", "anomaly_service")
+    auc = row.metrics["roc_auc"]
+    assert len(auc.values) == 2 and auc.n == 2
+    assert auc.mean == pytest.approx(sum(auc.values) / 2)
+    assert 0.0 <= auc.mean <= 1.0
+    for name in ("pr_auc", "precision_at_5", "fp_rate_at_0.05", "false_alarm_share_at_0.05", "f1", "alert_rate"):
+        assert name in row.metrics
+
+
+def test_caught_and_missed_per_error_case(result: EvaluationResult, events: pl.DataFrame) -> None:
+    split = result.splits[0]
+    test = events.filter(pl.col("run").is_in(list(split.test_runs)))
+    per_case = test.filter(pl.col("anomaly_service")).group_by("test_case").agg(pl.col("seq_id").n_unique())
+    expected = {case: n * 2 for case, n in per_case.iter_rows()}  # two seeds
+    got = {c.test_case: c for c in result.cases if c.model == "if" and c.label == "anomaly_service"}
+    assert {k: v.n_positive for k, v in got.items()} == expected
+    for c in got.values():
+        assert c.caught + c.missed == c.n_positive
+        assert c.target_service is not None
+
+
+def test_test_runs_never_touch_fitting(events: pl.DataFrame, config: EvaluationConfig, result: EvaluationResult) -> None:
+    """Garble every test-run message: feature spec and thresholds stay, test metrics move."""
+    split = split_runs(run_table(events), config.fractions, seed=config.seeds[0])
+    in_test = pl.col("run").is_in(list(split.test_runs))
+    altered = events.with_columns(
+        pl.when(in_test).then(pl.lit("totally different garbage ERROR ERR99999")).otherwise(pl.col("message")).alias("message"),
+        pl.when(in_test).then(pl.lit("ERROR")).otherwise(pl.col("level")).alias("level"),
+    )
+    again = evaluate(altered, config)
+    assert again.splits[0].fingerprint == result.splits[0].fingerprint
+    assert again.feature_fingerprints == result.feature_fingerprints
+    assert _thresholds(again) == _thresholds(result)
+    before = result.row("if", "anomaly").metrics["alert_rate"].mean
+    after = again.row("if", "anomaly").metrics["alert_rate"].mean
+    assert after != before  # the test runs did change: only what is measured on them moved
+
+
+def test_thresholds_come_from_validation_runs(events: pl.DataFrame, config: EvaluationConfig, result: EvaluationResult) -> None:
+    """Garble the validation runs' `correct` sequences: thresholds move, the feature spec does not."""
+    split = split_runs(run_table(events), config.fractions, seed=config.seeds[0])
+    in_val_correct = pl.col("run").is_in(list(split.validation_runs)) & (pl.col("test_case") == "correct")
+    altered = events.with_columns(
+        pl.when(in_val_correct).then(pl.lit("totally different garbage")).otherwise(pl.col("message")).alias("message")
+    )
+    again = evaluate(altered, EvaluationConfig(models=("if",), seeds=(1,)))
+    assert again.feature_fingerprints == result.feature_fingerprints
+    assert again.row("if", "anomaly").metrics["threshold"].values[0] != _thresholds(result)[("if", "anomaly")][0]
+
+
+def test_failing_model_is_recorded_and_evaluation_goes_on(events: pl.DataFrame) -> None:
+    cfg = EvaluationConfig(models=("if", "event_lr_words"), seeds=(1,), model_params={"event_lr_words": {"bogus": 1}})
+    res = evaluate(events, cfg)
+    assert {f.model for f in res.failures} == {"event_lr_words"}
+    assert "bogus" in res.failures[0].error
+    assert res.row("if", "anomaly_service").metrics["roc_auc"].n == 1
+
+
+def test_results_and_report_files(result: EvaluationResult, tmp_path: Path) -> None:
+    from batch.report import write_report
+
+    paths = write_results(result, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["schema"] == "lo2.evaluation.v1"
+    assert data["splits"][0]["test_runs"] == list(result.splits[0].test_runs)
+    csv = pl.read_csv(paths["csv"])
+    assert {"model", "label", "service", "metric", "mean", "std", "canary_mean"} <= set(csv.columns)
+    assert csv.filter(pl.col("model") == "if").height > 0
+    assert pl.read_parquet(paths["scores"]).height == sum(s.y.size for s in result.scores)
+    report = write_report(result, tmp_path)
+    md = report.markdown.read_text()
+    assert "canary ROC-AUC" in md and "IsolationForest" in md
+    assert len(report.figures) >= 6
+    for fig in report.figures:
+        assert fig.stat().st_size > 10_000
+        assert f"figures/{fig.name}" in md
+    assert "<table>" in report.html.read_text()
+
+
+def test_cli_evaluate(events_path: Path, tmp_path: Path) -> None:
+    from lo2.cli import main
+
+    code = main(
+        [
+            "evaluate", "--input", str(events_path), "--models", "if", "--seeds", "1",
+            "--label", "service", "--if-threshold-percentile", "0.95", "--out", str(tmp_path), "--no-report",
+        ]
+    )
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["config"]["labels"] == ["anomaly_service"]
+    assert data["config"]["threshold_quantile"] == pytest.approx(0.95)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_read_events_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="events Parquet not found"):
+        read_events(tmp_path / "nope")
+
+
+def test_metric_summary_ignores_undefined_seeds() -> None:
+    s = MetricSummary.of([0.8, math.nan, 0.6])
+    assert s.n == 2 and s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.1414, abs=1e-3)
+    empty = MetricSummary.of([math.nan], ["only normal rows"])
+    assert empty.n == 0 and empty.reason == "only normal rows" and empty.text() == "n/a"
