@@ -205,6 +205,33 @@ class Settings(BaseSettings):
         default=5, ge=0, description="Redacted evidence lines kept per sequence (ERROR/WARN/unseen first)."
     )
 
+    # --- evaluation and nightly retrain (batch/evaluate.py, batch/retrain.py; owner: evaluation) -----
+    eval_seeds: int = Field(default=3, ge=1, description="Seeds per `lo2 evaluate` run (mean ± std over them).")
+    retrain_model: str = Field(default="if", description="Registry key of the model the nightly retrain builds.")
+    retrain_label: str = Field(
+        default="anomaly_service",
+        pattern="^(anomaly|anomaly_service)$",
+        description="Label the champion/challenger comparison is measured on (anomaly = paper, anomaly_service = service-aware).",
+    )
+    retrain_metric: str = Field(
+        default="roc_auc",
+        pattern="^(roc_auc|pr_auc)$",
+        description="Primary metric of the promotion rule, on the held-out test runs.",
+    )
+    retrain_margin: float = Field(
+        default=0.005,
+        ge=0,
+        description="The challenger is promoted only if its primary metric beats the champion's by at least this much.",
+    )
+    retrain_alert_rate_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        description="...and only if its alert rate on normal (`correct`) test sequences exceeds the champion's by at most this.",
+    )
+    retrain_keep_rejected: bool = Field(
+        default=True, description="Keep a rejected challenger bundle on disk (its decision record names it)."
+    )
+
 
 def get_settings() -> Settings:
     """Build the settings from the environment (call once per entry point)."""
