@@ -68,6 +68,12 @@ RULES: tuple[MaskRule, ...] = (
     MaskRule("jwt", r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", JWT),
     MaskRule("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", EMAIL),
     MaskRule("url_query_value", r"([?&][A-Za-z0-9_.-]+=)[^&\s\"',}]*", "${1}" + VALUE),
+    # HTTP status codes in free text stay readable: "Setting error code 500" -> "error code HTTP500".
+    MaskRule(
+        "http_status",
+        r"(?i)\b(error code|status code|status)\s*[=:]?\s*([1-5][0-9]{2})\b",
+        "${1} HTTP${2}",
+    ),
     # key = value / key: value in free text whose key names a secret (before the JSON rules,
     # which rewrite "code":"ERR..." into code=ERR...).
     MaskRule(
@@ -127,14 +133,76 @@ RULES: tuple[MaskRule, ...] = (
     ),
 )
 
-_COMPILED: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(r.pattern), r.python_replacement) for r in RULES
+
+@dataclass(frozen=True, slots=True)
+class _Guard:
+    """A cheap *necessary* condition for a rule to match (Python path only; skipping is exact).
+
+    ``any_of``: one of these substrings occurs; ``any_of_ci``: one occurs in the lower-cased text;
+    ``all_of``: all occur; ``min_len``: the text is at least this long; ``repeat``: the rule repeats
+    the previous one, so it cannot match if the previous one changed nothing.
+    """
+
+    any_of: tuple[str, ...] = ()
+    any_of_ci: tuple[str, ...] = ()
+    all_of: tuple[str, ...] = ()
+    min_len: int = 0
+    repeat: bool = False
+
+    def may_match(self, text: str) -> bool:
+        if len(text) < self.min_len:
+            return False
+        if self.any_of and not any(s in text for s in self.any_of):
+            return False
+        if self.all_of and not all(s in text for s in self.all_of):
+            return False
+        if self.any_of_ci:
+            low = text.lower()
+            return any(s in low for s in self.any_of_ci)
+        return True
+
+
+_DIGITS = tuple("0123456789")
+#: Why the Python path is fast: most rules cannot match most messages, and a substring test is
+#: ~100x cheaper than a regex scan (the unguarded rules cost ~240 µs per generated message).
+_GUARDS: dict[str, _Guard] = {
+    "credential": _Guard(any_of_ci=("basic", "bearer")),
+    "jwt": _Guard(any_of=("eyJ",)),
+    "email": _Guard(any_of=("@",)),
+    "url_query_value": _Guard(all_of=("=",), any_of=("?", "&")),
+    "http_status": _Guard(any_of_ci=("status", "error code"), any_of=_DIGITS),
+    "secret_key_value": _Guard(
+        any_of=("=", ":"), any_of_ci=("password", "secret", "token", "code", "authorization", "jwt")
+    ),
+    "json_status": _Guard(any_of=('"status',)),
+    "json_constant": _Guard(any_of=('"code"', '"message"', '"severity"')),
+    "json_value": _Guard(all_of=('"', ":")),
+    "json_value_escaped": _Guard(all_of=('\\"', ":")),
+    "quoted_value": _Guard(any_of=('"',)),
+    "quoted_value_again": _Guard(repeat=True),
+    "uuid": _Guard(any_of=("-",), min_len=36),
+    "ipv4": _Guard(any_of=(".",), min_len=7),
+    "id22": _Guard(min_len=22),
+    "id22_again": _Guard(repeat=True),
+    "hex": _Guard(min_len=8),
+    "digit_token": _Guard(any_of=_DIGITS),
+}
+
+_COMPILED: tuple[tuple[re.Pattern[str], str, _Guard], ...] = tuple(
+    (re.compile(r.pattern), r.python_replacement, _GUARDS.get(r.name, _Guard())) for r in RULES
 )
 
 
 def _mask_uncached(message: str) -> str:
-    for pattern, repl in _COMPILED:
-        message = pattern.sub(repl, message)
+    changed = True
+    for pattern, repl, guard in _COMPILED:
+        if guard.repeat and not changed:
+            continue
+        if not guard.may_match(message):
+            changed = False
+            continue
+        message, n = pattern.subn(repl, message)
+        changed = n > 0
     return message
 
 

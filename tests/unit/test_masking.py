@@ -44,6 +44,10 @@ TRICKY = [
     "Setting error code 500 for exchange HttpServerExchange{ DELETE /oauth2/client/f4d7d1cf-7944-42ed-afcf-78b464a81668}",
     "password = hunter2, secret: xyz; token=abc&code=def",
     "ünïcödé 12 ääää",
+    "Setting error code 500 for exchange; status: 404, Status Code=401, status 99",
+    'validate( {"clientType":"invalid","clientName":"fa40110f-4e0a-4b4d-849b-2e69d7c6","scope":"read write",'
+    '"redirectUri":"http://localhost:8000/authorization","ownerId":"admin"}, {"scope":"read write"}, requestBody)',
+    "userId = null page = 1 pageSize = 10",
     "a\tb\nc 123",
 ]
 
@@ -128,6 +132,11 @@ def test_error_and_status_codes_stay_readable() -> None:
     assert "invalid_client_id" not in out
     assert "ERR12014" in mask_message("failed with ERR12014 and 12014")
     assert mask_message("failed with ERR12014 and 12014").endswith("<NUM>")
+
+
+def test_http_status_codes_in_text_stay_readable() -> None:
+    out = mask_message("Setting error code 500 for exchange; status: 404, Status Code=401, status 99")
+    assert out == "Setting error code HTTP500 for exchange; status HTTP404, Status Code HTTP401, status <NUM>"
 
 
 def test_same_statement_masks_to_the_same_text() -> None:
