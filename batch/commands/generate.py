@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from shared.catalog import ERROR_CASE_NAMES, SERVICES
     from shared.errors import ConfigError
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         config = GenerateConfig(
             out=args.out or settings.runs_dir,

@@ -1,7 +1,7 @@
 """Container start-up lines: what each service prints before it serves its first request.
 
 ``docker logs --since <test start>`` of the first test of a run catches the start-up of all seven
-containers, so only the *first* test case of a run has these ~110–130 lines at the head of each
+containers, so only the *first* test case of a run has these ~110–140 lines at the head of each
 service log (``correct`` in v1 because its order is fixed, a random test in v2).  In v1 that leaks
 the label: LogLead's maintainers report F1 0.976 on the token service from ``registered for`` and
 ``status.yml`` lines alone (reference §4.1), and ``reduce_logs.py`` drops the first 100 lines of
@@ -39,6 +39,15 @@ _EXTERNAL = ("server.yml", "client.yml", "secret.yml", "datasource.yml", "securi
 _DEFAULT = ("service.yml", "body.yml", "audit.yml", "correlation.yml", "traceability.yml", "health.yml",
             "info.yml", "cors.yml", "metrics.yml", "sanitizer.yml", "header.yml", "startup.yml", "shutdown.yml",
             "jwt.yml", "validator.yml")
+
+#: light-4j middleware modules that register themselves at start-up (handler.yml chain).
+_MODULES = ("com.networknt.exception.ExceptionHandler", "com.networknt.correlation.CorrelationHandler",
+            "com.networknt.traceability.TraceabilityHandler", "com.networknt.body.BodyHandler",
+            "com.networknt.audit.AuditHandler", "com.networknt.sanitizer.SanitizerHandler",
+            "com.networknt.openapi.OpenApiHandler", "com.networknt.openapi.JwtVerifyHandler",
+            "com.networknt.validator.ValidatorHandler", "com.networknt.cors.CorsHttpHandler",
+            "com.networknt.health.HealthGetHandler", "com.networknt.info.ServerInfoGetHandler",
+            "com.networknt.metrics.MetricsHandler", "com.networknt.header.HeaderHandler")
 
 _CONFIG = "com.networknt.config.Config"
 _SERVER = "com.networknt.server.Server"
@@ -95,6 +104,9 @@ def startup_lines(ctx: RunContext, svc: str, t0: int) -> int:
     for endpoint in _ENDPOINTS[svc] + _COMMON_ENDPOINTS:
         add("DEBUG", _HANDLER, "initPaths", f"handler chain of {endpoint} built from handler.yml")
         add("INFO", _HANDLER, "initPaths", f"{endpoint} registered for handler chain default")
+    for module in _MODULES:
+        add("DEBUG", "com.networknt.utility.ModuleRegistry", "registerModule",
+            f"module {module} is registered with config from {module.rsplit('.', 1)[1].lower()}")
     add("INFO", "c.n.s.DefaultConfigLoader", "init", "default config loader is used")
     add("INFO", _SERVER, "start", "Http port disabled.")
     add("INFO", _SERVER, "start", f"Https Server started on ip:0.0.0.0 with HTTPS Port:{_PORTS[svc]}")
