@@ -187,7 +187,15 @@ class Settings(BaseSettings):
         ge=16,
         description="Width of the hashed token representation (X_tokens) of the word-based models.",
     )
-    drain_sim_th: float = Field(default=0.4, gt=0, le=1, description="Drain3 similarity threshold (template mining).")
+    drain_sim_th: float = Field(
+        default=0.6,
+        gt=0,
+        le=1,
+        description=(
+            "Drain3 similarity threshold. 0.6, not Drain's 0.4: messages are masked first, and 0.4 merged "
+            "different endpoints/validator fields into one template."
+        ),
+    )
     drain_depth: int = Field(default=4, ge=3, description="Drain3 parse-tree depth (template mining).")
     sequence_policy: str = Field(
         default="file",
