@@ -64,7 +64,7 @@ class Template:
 class DrainParams:
     """Drain3 parameters used when the vocabulary was learned (stored for provenance)."""
 
-    sim_th: float = 0.4
+    sim_th: float = 0.6
     depth: int = 4
     max_children: int = 100
 
