@@ -436,7 +436,7 @@ def _lines_frame(fids: list[int], texts: list[str]) -> pl.LazyFrame:
         raw.lazy()
         .with_columns(pl.col("text").str.strip_suffix("\n").str.split("\n"))
         .explode("text")
-        .with_columns(pl.col("text").str.strip_suffix("\r"), _row=row)
+        .with_columns(pl.col("text").str.strip_chars_end("\r"), _row=row)
         .with_columns(
             line_no=(pl.col("_row") - pl.when(new_file).then(pl.col("_row")).forward_fill() + 1).cast(pl.Int32)
         )
@@ -444,31 +444,93 @@ def _lines_frame(fids: list[int], texts: list[str]) -> pl.LazyFrame:
     )
 
 
+#: What precedes the message in :data:`LINE_REGEX`.  Its leftmost-first match is exactly the head of
+#: LINE_REGEX's match, because ``(?P<message>.*)$`` matches whatever rest a line has; so replacing it
+#: by "" yields the message, and whether it matched says whether the line is an event.  A regex find
+#: is several times cheaper than capturing seven groups.
+_MESSAGE_GROUP = "(?P<message>.*)$"
+if not LINE_REGEX.endswith(" - " + _MESSAGE_GROUP):
+    raise RuntimeError("batch.loader expects shared.parsing.LINE_REGEX to end with ' - (?P<message>.*)$'")
+_HEAD_REGEX = LINE_REGEX.removesuffix(_MESSAGE_GROUP)
+#: ``\d`` also matches non-ASCII digits (Rust and Python); such a "time" is not a clock time, so the
+#: line counts as malformed rather than failing the batch on a cast.
+_ASCII_TIME = r"^[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3} "
+#: Passes of "two spaces -> one" over the head: runs of up to 2**passes spaces collapse to one.
+_SPACE_PASSES = 3
+_FIELDS = ("thread", "correlation_id", "level", "logger", "method", "message")
+
+
 def _classified(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """Add the parsed groups, the line kind, the owning event (gid) and the event's ordinal in its file."""
-    g = pl.col("text").str.extract_groups(LINE_REGEX)
-    is_event = pl.col("_g").struct.field("time").is_not_null()
+    """Add kind, the event columns, the owning event (gid) and the event's ordinal in its file.
+
+    Between ``]`` and the message an event has `` +cid +LEVEL +logger +method - `` where no token
+    holds whitespace, so once runs of spaces are collapsed, splitting on " " gives the regex's
+    groups exactly: 5 tokens with a correlation id, 4 without (Hazelcast).  Rows whose space runs
+    are too long to collapse are marked ``_slow`` and get ``str.extract_groups(LINE_REGEX)``.
+    """
+    t = pl.col("text")
+    head_len = t.str.len_bytes() - pl.col("message").str.len_bytes()
+    is_event = (head_len > 0) & t.str.contains(_ASCII_TIME)
     kind = (
         pl.when(is_event)
         .then(pl.lit(_EVENT))
-        .when(pl.col("text").str.strip_chars() == "")
+        .when(t.str.strip_chars() == "")
         .then(pl.lit(_BLANK))
-        .when(pl.col("text").str.contains(TIME_PREFIX_REGEX))
+        .when(t.str.contains(TIME_PREFIX_REGEX))
         .then(pl.lit(_MALFORMED))
         .otherwise(pl.lit(_CONTINUATION))
         .cast(pl.Int8)
     )
+    # str.slice counts characters and str.find bytes: split at the first "]" instead (the thread
+    # cannot hold one), and cut the message off the rest, so no offsets are mixed up.
+    mid = pl.col("_rest").str.strip_suffix(pl.col("message"))
+    for _ in range(_SPACE_PASSES):
+        mid = mid.str.replace_all("  ", " ", literal=True)
+    part = pl.col("_parts").struct
+    has_cid = part.field("field_6").is_not_null()
+
+    def pick(with_cid: int) -> pl.Expr:
+        return pl.when(has_cid).then(part.field(f"field_{with_cid}")).otherwise(part.field(f"field_{with_cid - 1}"))
+
     ev = (pl.col("kind") == _EVENT).cast(pl.Int64)
     new_file = pl.col("fid") != pl.col("fid").shift(1, fill_value=-1)
     return (
-        lines.with_columns(_g=g)
-        .with_columns(kind=kind)
-        .with_columns(gid=ev.cum_sum())
+        lines.with_columns(message=t.str.replace(_HEAD_REGEX, ""))
+        .with_columns(kind=kind, _bracket=t.str.splitn("]", 2))
+        .with_columns(_rest=pl.col("_bracket").struct.field("field_1"))
+        .with_columns(_mid=mid)
         .with_columns(
-            # events before this file started, so that ordinal = events of this file up to here
-            ev_no=pl.col("gid") - pl.when(new_file).then(pl.col("gid") - ev).forward_fill()
+            _parts=pl.col("_mid").str.split_exact(" ", 6),
+            _slow=(pl.col("kind") == _EVENT) & pl.col("_mid").str.contains("  ", literal=True),
+            gid=ev.cum_sum(),
         )
+        .with_columns(
+            time=t.str.slice(0, 12),
+            thread=pl.col("_bracket").struct.field("field_0").str.slice(14),
+            correlation_id=pl.when(has_cid).then(part.field("field_1")),
+            level=pick(2),
+            logger=pick(3),
+            method=pick(4),
+            # events before this file started, so that ordinal = events of this file up to here
+            ev_no=pl.col("gid") - pl.when(new_file).then(pl.col("gid") - ev).forward_fill(),
+        )
+        .drop("_parts", "_mid", "_bracket", "_rest")
     )
+
+
+def _fix_slow_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Parse the rare rows the fast split cannot (long runs of spaces) with the regex's own groups."""
+    idx = rows.select(pl.arg_where(pl.col("_slow"))).to_series()
+    if idx.len() == 0:
+        return rows.drop("_slow")
+    groups = rows["text"].gather(idx).str.extract_groups(LINE_REGEX).struct.unnest()
+    cols = {}
+    for name in _FIELDS:
+        fixed = groups[name]
+        if name == "correlation_id":
+            fixed = fixed.replace("", None)
+        cols[name] = rows[name].scatter(idx, fixed)
+    return rows.with_columns(**cols).drop("_slow")
 
 
 def _timestamp_ms(time_col: pl.Expr, run_epoch_s: pl.Expr) -> pl.Expr:
@@ -528,7 +590,7 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
             "service": pl.String, "seq_id": pl.String, "anomaly": pl.Boolean, "anomaly_service": pl.Boolean,
         },
     )
-    rows = _classified(_lines_frame(fids, texts)).collect()
+    rows = _fix_slow_rows(_classified(_lines_frame(fids, texts)).collect())
     del texts
 
     kind = pl.col("kind")
@@ -571,26 +633,14 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
         .group_by("gid")
         .agg(stack=pl.col("text").str.join("\n"), n_stack_lines=pl.len().cast(pl.Int32))
     )
-    g = pl.col("_g").struct
     events = (
         rows.lazy()
         .filter((kind == _EVENT) & kept)
-        .select(
-            "fid",
-            "gid",
-            "line_no",
-            g.field("time").alias("_time"),
-            g.field("thread").alias("thread"),
-            pl.when(g.field("correlation_id") == "").then(None).otherwise(g.field("correlation_id")).alias("correlation_id"),
-            g.field("level").alias("level"),
-            g.field("logger").alias("logger"),
-            g.field("method").alias("method"),
-            g.field("message").alias("message"),
-        )
+        .select("fid", "gid", "line_no", "time", *_FIELDS)
         .join(stacks, on="gid", how="left", maintain_order="left")
         .join(meta.lazy(), on="fid", how="left", maintain_order="left")
         .with_columns(
-            timestamp=_timestamp_ms(pl.col("_time"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")),
+            timestamp=_timestamp_ms(pl.col("time"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")),
             n_stack_lines=pl.col("n_stack_lines").fill_null(0),
         )
         .select(EVENTS_SCHEMA.names + ["fid"])
