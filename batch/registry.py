@@ -10,6 +10,9 @@ are historical: everything here is sequence level) with their bugs fixed; ``if``
 
 Input kinds, i.e. which matrix a model gets from ``shared.features``:
 - ``numeric``: the dense feature matrix ``FeatureMatrix.X`` (frequencies, template shares, ...);
+- ``aggregates``: the behaviour columns of ``X`` only (level shares, error-code/stack rates,
+  rare/unseen template shares; ``batch.train.AGGREGATE_PREFIXES``): what a model of normal data
+  alone can use (see the note there);
 - ``tokens``: the hashed message-token count matrix ``FeatureMatrix.X_tokens`` (sparse);
 - ``canary``: ``canary_features(meta)``: sequence length and duration only.
 """
@@ -34,7 +37,7 @@ from shared.detectors import (
 )
 from shared.errors import ConfigError
 
-InputKind = Literal["numeric", "tokens", "canary"]
+InputKind = Literal["numeric", "aggregates", "tokens", "canary"]
 Factory = Callable[[int, Mapping[str, Any]], Detector]
 
 
@@ -81,7 +84,7 @@ def _scaler(kind: InputKind) -> Any:
     """Dense features are standardised; sparse token counts are scaled by their max (stay sparse)."""
     from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
-    return MaxAbsScaler() if kind == "tokens" else StandardScaler()
+    return MaxAbsScaler() if kind == "tokens" else StandardScaler()  # numeric, aggregates, canary
 
 
 def _presence() -> Any:
@@ -233,16 +236,16 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
         for spec in (
             ModelSpec(
                 "if",
-                "IsolationForest on the numeric features, trained on correct sequences of training runs (main model)",
-                "numeric",
+                "IsolationForest on the aggregate features, trained on correct sequences of training runs (main model)",
+                "aggregates",
                 False,
                 _isolation_forest,
                 _frozen(n_estimators=200, max_samples="auto", contamination="auto", n_jobs=1),
             ),
             ModelSpec(
                 "hst",
-                "River HalfSpaceTrees (MinMaxScaler | HST) on the numeric features, learns only from normal rows",
-                "numeric",
+                "River HalfSpaceTrees (MinMaxScaler | HST) on the aggregate features, learns only from normal rows",
+                "aggregates",
                 False,
                 _half_space_trees,
                 _frozen(n_trees=50, height=6, window_size=250),

@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 #: CLI label names → column of the sequence metadata.
 LABELS: Mapping[str, str] = {"paper": "anomaly", "service": "anomaly_service"}
 SplitName = Literal["train", "validation", "test"]
+#: Dense features that describe *how* a sequence behaves regardless of which templates it uses
+#: (level shares, error-code and stack rates, rare/unseen template shares, failure words).  The
+#: IsolationForest uses only these by default: it learns normal data alone and isolates by random
+#: splits, so per-template / per-error-code columns either never vary in normal data (invisible
+#: to it) or, varying from service to service, drown the few columns that carry the anomaly.
+AGGREGATE_PREFIXES: tuple[str, ...] = ("share:", "level:", "rate:")
 #: Raw sequence columns (the canary's) that ``--if-numeric`` may append, in canary column order.
 CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s", "n_stack_lines")
 ProgressFn = Callable[[str], None]
@@ -57,7 +63,7 @@ class TrainConfig:
     #: How many numeric features get a PSI reference histogram in the bundle.
     top_features: int = 10
     #: Input kind of the IsolationForest (``--if-item``) and raw columns appended (``--if-numeric``).
-    if_input: str = "numeric"
+    if_input: str = "aggregates"
     if_extra_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -146,9 +152,35 @@ def featurize(events: Events, split: RunSplit) -> Featurized:
         split=split,
         spec=spec,
         meta=meta,
-        inputs={"numeric": matrix.X, "tokens": matrix.X_tokens, "canary": canary_features(matrix.meta)[0]},
+        inputs=make_inputs(matrix.X, matrix.X_tokens, canary_features(matrix.meta)[0], matrix.feature_names),
         feature_names=list(matrix.feature_names),
     )
+
+
+def aggregate_columns(feature_names: Sequence[str]) -> list[int]:
+    """Indices of the aggregate features (see :data:`AGGREGATE_PREFIXES`)."""
+    return [j for j, name in enumerate(feature_names) if name.startswith(AGGREGATE_PREFIXES)]
+
+
+def make_inputs(X: np.ndarray, X_tokens: Any, canary: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
+    """Every input kind of the registry from one featurization (rows aligned)."""
+    return {
+        "numeric": X,
+        "aggregates": X[:, aggregate_columns(feature_names)],
+        "tokens": X_tokens,
+        "canary": canary,
+    }
+
+
+def input_names(kind: str, feature_names: Sequence[str]) -> list[str]:
+    """Column names of an input kind's matrix (empty for token hashes)."""
+    base, _, extra = kind.partition("+")
+    names: list[str] = {
+        "numeric": list(feature_names),
+        "aggregates": [feature_names[j] for j in aggregate_columns(feature_names)],
+        "canary": [f"canary:{c}" for c in CANARY_COLUMNS],
+    }.get(base, [])
+    return names + [f"canary:{c}" for c in extra.split(",") if c]
 
 
 def input_matrix(inputs: Mapping[str, Any], kind: str) -> Any:
@@ -182,7 +214,7 @@ def inputs_for_bundle(bundle: ModelBundle, events: Events) -> tuple[pl.DataFrame
     from shared.features import canary_features, featurize_events
 
     matrix = featurize_events(events, bundle.feature_spec)
-    inputs = {"numeric": matrix.X, "tokens": matrix.X_tokens, "canary": canary_features(matrix.meta)[0]}
+    inputs = make_inputs(matrix.X, matrix.X_tokens, canary_features(matrix.meta)[0], matrix.feature_names)
     return matrix.meta, input_matrix(inputs, bundle.input_kind)
 
 
@@ -227,7 +259,7 @@ def test_metrics(
     return out
 
 
-def top_feature_references(data: Featurized, scores: np.ndarray, k: int) -> dict[str, Any]:
+def top_feature_references(data: Featurized, scores: np.ndarray, k: int, kind: str) -> dict[str, Any]:
     """PSI references of the ``k`` numeric features that move most with the score.
 
     Chosen by |Spearman correlation| with the score over the validation runs (model-agnostic,
@@ -236,9 +268,10 @@ def top_feature_references(data: Featurized, scores: np.ndarray, k: int) -> dict
     """
     from scipy.stats import spearmanr
 
-    X = data.inputs.get("numeric")
-    if X is None or k <= 0:
+    names = input_names(kind, data.feature_names)
+    if not names or k <= 0:
         return {}
+    X = input_matrix(data.inputs, kind)
     dense = X.toarray() if hasattr(X, "toarray") else np.asarray(X, dtype=np.float64)
     val = data.rows("validation")
     normal_train = data.rows("train")[~data.labels("anomaly")[data.rows("train")]]
@@ -252,7 +285,7 @@ def top_feature_references(data: Featurized, scores: np.ndarray, k: int) -> dict
     out: dict[str, Any] = {}
     for j in chosen:
         ref = dm.psi_reference(dense[normal_train, j])
-        out[data.feature_names[j]] = {"index": j, "spearman": float(strength[j]), **ref.as_dict()}
+        out[names[j]] = {"index": j, "spearman": float(strength[j]), **ref.as_dict()}
     return out
 
 
@@ -304,7 +337,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
     psi = float(dm.population_stability_index(train_normal_scores, val_normal_scores))
     metrics["psi_train_vs_holdout"] = None if math.isnan(psi) else psi
     metrics["threshold_quantile"] = config.threshold_quantile
-    features = top_feature_references(data, scores, config.top_features) if spec.input_kind.startswith("numeric") else {}
+    features = top_feature_references(data, scores, config.top_features, spec.input_kind)
     for ref in features.values():
         ref["edges"] = [None if math.isinf(e) else e for e in ref["edges"]]
     return ModelBundle(
@@ -313,7 +346,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
         detectors=detectors,
         thresholds=thresholds,
         feature_spec=data.spec,
-        feature_names=data.feature_names if spec.input_kind == "numeric" else [],
+        feature_names=input_names(spec.input_kind, data.feature_names),
         sequence_policy=data.spec.policy.to_dict(),
         threshold_quantile=config.threshold_quantile,
         metrics=metrics,

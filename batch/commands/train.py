@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = "event_lr_words,event_dt_trigrams,sequence_lr_numeric,sequence_shap_lr_words"
 #: Reference item columns → our input kinds (all token views are the hashed message tokens).
 IF_ITEMS = {
+    "aggregates": "aggregates",
     "numeric": "numeric",
     "tokens": "tokens",
     "e_words": "tokens",
@@ -63,8 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      "validation quantiles, not from guessing the anomaly share) or a fraction in (0, 0.5]")
     iff.add_argument("--if-n-estimators", type=int, default=200, help="IsolationForest trees (default 200)")
     iff.add_argument("--if-max-samples", default="auto", help="'auto' or an integer row count per tree")
-    iff.add_argument("--if-item", choices=sorted(IF_ITEMS), default="numeric",
-                     help="IF input: numeric = dense shares/rates (default); tokens = hashed message tokens "
+    iff.add_argument("--if-item", choices=sorted(IF_ITEMS), default="aggregates",
+                     help="IF input: aggregates = level shares, error-code/stack rates, rare-template shares "
+                     "(default); numeric = all dense features incl. per-template shares; tokens = hashed message tokens "
                      "(reference names e_words/e_trigrams map to tokens, e_event_drain_id to numeric)")
     iff.add_argument("--if-numeric", default="",
                      help="comma-separated raw sequence columns appended to the IF input, from "

@@ -58,7 +58,7 @@ def _canary(rng: np.random.Generator, n: int, anomalous: bool) -> np.ndarray:
     return np.column_stack([length, duration])
 
 
-MAKERS = {"numeric": _numeric, "tokens": _tokens, "canary": _canary}
+MAKERS = {"numeric": _numeric, "aggregates": _numeric, "tokens": _tokens, "canary": _canary}
 
 
 def _stack(parts: list[Any]) -> Any:
