@@ -92,10 +92,9 @@ def events_for(base: Path, runs_root: Path, n_runs: int) -> Path:
 def child_ours(events_path: Path, seed: int) -> dict[str, float]:
     """Split, fit spec, featurize, train the IF; events are scanned lazily (streamed)."""
     import polars as pl
-
-    from batch.registry import get_spec
     import sklearn.ensemble  # noqa: F401  (import cost is not training time; LogLead's child has it loaded)
 
+    from batch.registry import get_spec
     from batch.train import Featurized, TrainConfig, fit_model, make_inputs, split_events
     from shared.features import canary_features, featurize_events, fit_feature_spec
 
