@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout (dead worker detection).")
     worker_heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
     worker_rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer rebalance timeout.")
+    worker_recovery_delay_s: float = Field(default=0.5, ge=0, description="Faust's wait before table recovery after a rebalance.")
     model_reload_interval_s: float = Field(default=10.0, gt=0, description="How often the worker checks the `current` model pointer.")
 
     # --- data ------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ class Settings(BaseSettings):
         description="Primary metric of the promotion rule, on the held-out test runs.",
     )
     retrain_margin: float = Field(
-        default=0.005,
+        default=0.01,
         ge=0,
         description="The challenger is promoted only if its primary metric beats the champion's by at least this much.",
     )

@@ -208,11 +208,13 @@ def create_app(
     )
     engine = StreamEngine(model, scorer, metrics, cfg)
 
+    datadir = Path(datadir or settings.worker_datadir)
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap_of(settings)}",
         store=settings.table_store,
-        datadir=str(datadir or settings.worker_datadir),
+        datadir=str(datadir),
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
@@ -234,10 +236,11 @@ def create_app(
         web_stats_enabled=False,
         web_router_enabled=False,
         table_standby_replicas=0,
+        stream_recovery_delay=settings.worker_recovery_delay_s,
     )
     parts = settings.topic_partitions
     input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, partitions=parts)
-    app.Table(STATE_TABLE, default=None, partitions=parts, key_serializer="json", value_serializer="json",
+    app.Table(STATE_TABLE, default=None, partitions=parts, key_type=str, value_type=dict,
               help="open sequences, held-back events and processed offsets")
 
     runtime = WorkerRuntime(app=app, engine=engine, metrics=metrics, watcher=watcher, settings=settings)

@@ -304,15 +304,19 @@ async def produce(
     )
     await producer.start()
     sent = 0
-    t_wall0: float | None = None
-    t_log0 = 0
+    # Pacing follows log time forward only: when it jumps back (the next run starts), it goes on
+    # from where it was instead of sending the rest at once.
+    t_wall0 = time.monotonic()
+    target = 0.0
+    prev_ts: int | None = None
     futures: list[asyncio.Future[object]] = []
     try:
         for rec in records:
             if speed > 0:
-                if t_wall0 is None:
-                    t_wall0, t_log0 = time.monotonic(), rec.ts_ms
-                delay = (rec.ts_ms - t_log0) / 1000.0 / speed - (time.monotonic() - t_wall0)
+                if prev_ts is not None:
+                    target += max(0, rec.ts_ms - prev_ts) / 1000.0 / speed
+                prev_ts = rec.ts_ms
+                delay = target - (time.monotonic() - t_wall0)
                 if delay > 0.001:
                     await asyncio.sleep(delay)
             futures.append(await producer.send(topic, rec.value, key=rec.key))

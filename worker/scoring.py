@@ -69,6 +69,10 @@ class LoadedModel:
             raise ModelLoadError(f"bundle {path}: input kind {b.input_kind!r} cannot be scored live (numeric, tokens or canary)")
         policy = SequencePolicy.from_dict(b.sequence_policy) if b.sequence_policy else b.feature_spec.policy
         spec: FeatureSpec = b.feature_spec
+        if b.explainer_state is not None:
+            from shared.explain import explainer_for
+
+            explainer_for(b).warm_up()  # build SHAP's TreeExplainer now, not on the first anomaly
         return cls(bundle=b, path=Path(path).resolve(), policy=policy, spec=spec, encoder=spec.encoder())
 
 

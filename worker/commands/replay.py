@@ -63,6 +63,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     topic = args.topic or settings.input_topic
     bootstrap = bootstrap_of(settings, args.bootstrap)
+    from worker.topics import ensure_topics_sync
+
+    ensure_topics_sync(bootstrap, [topic], partitions=settings.topic_partitions)
     t0 = time.perf_counter()
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("lines {task.fields[lines]}"),
                   TimeElapsedColumn(), console=console, disable=args.no_progress) as progress:
