@@ -331,9 +331,12 @@ class EventEncoder:
 
 def raw_counts(acc: SequenceAccumulator, spec: FeatureSpec) -> np.ndarray:
     """The raw count row (1 × width) of one accumulated sequence."""
-    lay = spec.layout
-    raw = np.zeros((1, lay.width), dtype=np.float64)
-    row = raw[0]
+    raw = np.zeros((1, spec.layout.width), dtype=np.float64)
+    _fill_raw(raw[0], acc, spec.layout)
+    return raw
+
+
+def _fill_raw(row: np.ndarray, acc: SequenceAccumulator, lay: _RawLayout) -> None:
     for tid, c in acc.template_counts.items():
         row[lay.template_column(tid)] += c
     for i, lv in enumerate(LEVELS):
@@ -347,13 +350,56 @@ def raw_counts(acc: SequenceAccumulator, spec: FeatureSpec) -> np.ndarray:
     row[lay.distinct] = len(acc.template_counts)
     row[lay.n_events] = acc.n_events
     row[lay.duration_ms] = acc.duration_ms
-    return raw
 
 
 def vectorize(acc: SequenceAccumulator, spec: FeatureSpec) -> np.ndarray:
     """Dense feature vector (1-D, float64) of one sequence: identical to its row in the batch path."""
     row: np.ndarray = _features_from_raw(raw_counts(acc, spec), spec.layout)[0]
     return row
+
+
+def vectorize_many(accs: Sequence[SequenceAccumulator], spec: FeatureSpec) -> np.ndarray:
+    """Dense features of many sequences at once (n × n_features): row i == ``vectorize(accs[i])``.
+
+    For the worker's micro-batches: one numpy pass instead of one per sequence (the arithmetic is
+    elementwise, so the rows are bit-identical to single-sequence and batch results).
+    """
+    lay = spec.layout
+    raw = np.zeros((len(accs), lay.width), dtype=np.float64)
+    for i, acc in enumerate(accs):
+        _fill_raw(raw[i], acc, lay)
+    return _features_from_raw(raw, lay)
+
+
+def vectorize_tokens_many(accs: Sequence[SequenceAccumulator], spec: FeatureSpec) -> sp.csr_matrix:
+    """Hashing representation of many sequences (n × hash_dims CSR), row i == ``vectorize_tokens(accs[i])``."""
+    if not accs:
+        return sp.csr_matrix((0, spec.hash_dims), dtype=np.float64)
+    return sp.vstack([vectorize_tokens(a, spec) for a in accs], format="csr")
+
+
+def accumulators_meta(accs: Sequence[SequenceAccumulator]) -> pl.DataFrame:
+    """The ``FeatureMatrix.meta``-like columns the incremental path knows (labels unknown live).
+
+    seq_id, run, test_case, service, window_start_ms, n_events, duration_s, n_stack_lines: enough for
+    :func:`canary_features` and for records; ``anomaly`` columns are not known to a live worker.
+    """
+    return pl.DataFrame(
+        {
+            "seq_id": [a.seq_id for a in accs],
+            "run": [a.run for a in accs],
+            "test_case": [a.test_case for a in accs],
+            "service": [a.service for a in accs],
+            "window_start_ms": [a.window_start_ms for a in accs],
+            "n_events": [a.n_events for a in accs],
+            "duration_s": [a.duration_s for a in accs],
+            "n_stack_lines": [a.n_stack_lines for a in accs],
+        },
+        schema={
+            "seq_id": pl.String, "run": pl.String, "test_case": pl.String, "service": pl.String,
+            "window_start_ms": pl.Int64, "n_events": pl.Int64, "duration_s": pl.Float64, "n_stack_lines": pl.Int64,
+        },
+    )
 
 
 def vectorize_tokens(acc: SequenceAccumulator, spec: FeatureSpec) -> sp.csr_matrix:

@@ -24,12 +24,15 @@ from shared.features import (
     EventEncoder,
     FeatureMatrix,
     FeatureSpec,
+    accumulators_meta,
     canary_features,
     feature_options,
     featurize_events,
     fit_feature_spec,
     vectorize,
+    vectorize_many,
     vectorize_tokens,
+    vectorize_tokens_many,
 )
 from shared.parsing import LineKind, classify, file_seq_id, parse_line, resolve_timestamp_ms
 from shared.sequences import Event, SequenceAccumulator, SequenceBuilder, SequencePolicy
@@ -218,6 +221,11 @@ def run_incremental(events: pl.DataFrame, spec: FeatureSpec, *, checkpoint_every
 
 def assert_parity(fm: FeatureMatrix, accs: dict[str, SequenceAccumulator], spec: FeatureSpec) -> None:
     assert set(accs) == set(fm.meta["seq_id"])
+    ordered = [accs[s] for s in fm.meta["seq_id"]]
+    assert np.array_equal(vectorize_many(ordered, spec), fm.X)  # the worker's micro-batch path
+    assert (vectorize_tokens_many(ordered, spec) != fm.X_tokens).nnz == 0
+    live_meta = accumulators_meta(ordered)
+    assert np.array_equal(canary_features(live_meta)[0], canary_features(fm.meta)[0])
     for i, row in enumerate(fm.meta.iter_rows(named=True)):
         acc = accs[row["seq_id"]]
         v = vectorize(acc, spec)
