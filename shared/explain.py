@@ -568,6 +568,8 @@ class SequenceExplainer:
         self.method: Literal["deviation", "tree_shap"] = method
         self._tree_explainer: Any = None
         self._lock = threading.Lock()
+        #: labels redacted once (not per anomaly): feature names can carry template text
+        self._labels = [redact(label) for label in state.feature_labels]
         self._patterns: dict[str, re.Pattern[str]] = {}
 
     def _shap_explainer(self) -> Any:
@@ -609,7 +611,7 @@ class SequenceExplainer:
         order = np.argsort(-diff)[:n_differing]
         differing = [
             DifferingFeature(
-                name=redact(st.feature_labels[j]), value=float(x[j]), normal_value=float(ref[j] * st.scale[j])
+                name=self._labels[j], value=float(x[j]), normal_value=float(ref[j] * st.scale[j])
             )
             for j in order
             if diff[j] > 0
@@ -642,7 +644,7 @@ class SequenceExplainer:
         st = self.state
         top_features = [
             TopFeature(
-                name=redact(st.feature_labels[j]),
+                name=self._labels[j],
                 feature=st.feature_names[j],
                 value=float(row[j]),
                 normal_low=float(st.low[j]),
