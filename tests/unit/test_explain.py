@@ -217,3 +217,127 @@ def test_explain_sequence_from_a_bundle_is_json_able_and_cached(
     assert explainer_for(bundle) is explainer_for(bundle)
     with pytest.raises(ModelLoadError, match="no explainer state"):
         explain_sequence(_Bundle(None, None), x)
+
+
+# ------------------------------------------------------------------------------------------------
+# batch/explain.py: the artefact helpers, on small synthetic data
+# ------------------------------------------------------------------------------------------------
+def test_stratified_sample_covers_every_stratum() -> None:
+    from batch.explain import stratified_sample
+
+    strata = ["0|correct"] * 80 + ["1|case_a"] * 15 + ["1|case_b"] * 4 + ["1|case_c"] * 1
+    idx = stratified_sample(strata, 20, seed=1)
+    assert idx.size == 20 and len(set(idx.tolist())) == 20
+    picked = {strata[i] for i in idx}
+    assert picked == set(strata)  # the rare case is in, unlike "the first N rows"
+    assert np.array_equal(idx, stratified_sample(strata, 20, seed=1))
+    assert stratified_sample(strata, 0, seed=1).size == len(strata)
+
+
+def test_nearest_normals_sparse_equals_dense_and_is_scaled() -> None:
+    import scipy.sparse as sp
+
+    from batch.explain import nearest_normals
+
+    rng = np.random.default_rng(2)
+    ref = rng.random((50, 4))
+    ref[:, 0] *= 10_000  # unscaled, this column would decide every neighbour
+    query = ref[[7]].copy()
+    query[0, 0] += 0.5 * ref[:, 0].std()
+    dense = nearest_normals(query, ref, 3)
+    sparse = nearest_normals(sp.csr_matrix(query), sp.csr_matrix(ref), 3)
+    assert dense.indices[0, 0] == 7
+    np.testing.assert_array_equal(dense.indices, sparse.indices)
+    np.testing.assert_allclose(dense.distances, sparse.distances, rtol=1e-6)
+
+
+def test_linear_shap_on_active_columns_is_exact() -> None:
+    """Restricting LinearExplainer to active columns gives coef * (x - mean background) everywhere."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    from batch.explain import ModelInput, NormalStats, attribute
+
+    rng = np.random.default_rng(3)
+    X = sp.random(120, 300, density=0.02, random_state=4, format="csr")
+    y = (np.asarray(X[:, :5].sum(axis=1)).ravel() > 0).astype(int)
+    lr = LogisticRegression(max_iter=500).fit(X, y)
+    model = ModelInput("lr", "b", {"all": lr}, {"all": 0.5}, X, [f"tok:{j}" for j in range(300)])
+    rows = np.arange(10)
+    background = np.arange(60, 120)
+    attr = attribute(model, rows, ["token"] * 10, NormalStats(X[background]), background, {})
+    expected = (X[rows].toarray() - X[background].toarray().mean(axis=0)) * lr.coef_[0]
+    np.testing.assert_allclose(attr.values, expected, atol=1e-9)
+    assert attr.method == "linear_shap" and attr.skipped_reason is None
+    assert rng is not None
+
+
+def test_pick_evidence_prefers_templates_then_errors_and_redacts() -> None:
+    from batch.explain import EVIDENCE_MAX_CHARS, pick_evidence
+
+    lines = [
+        ("DEBUG", "DEBUG c.n.X m - hello", "10:00:00.000 DEBUG c.n.X m - hello"),
+        ("ERROR", "ERROR c.n.X m - boom password=hunter2", "10:00:00.001 ERROR c.n.X m - boom password=hunter2"),
+        ("DEBUG", "DEBUG c.n.o.cache.UserMapStore load - Load:abc", "10:00:00.002 DEBUG c.n.o.cache.UserMapStore load - Load:abc"),
+        ("DEBUG", "DEBUG c.n.X m - " + "x" * 1000, "10:00:00.003 DEBUG c.n.X m - " + "x" * 1000),
+    ]
+    out = pick_evidence(lines, ["DEBUG UserMapStore load - Load:<HEX>"], 2)
+    assert out == ["10:00:00.001 ERROR c.n.X m - boom password=***", lines[2][2]]
+    out_all = pick_evidence(lines, [], 4)
+    assert all(len(line) <= EVIDENCE_MAX_CHARS for line in out_all)
+    assert pick_evidence(lines, [], 0) == []
+
+
+def test_explain_model_writes_consistent_artefacts(tmp_path: Path) -> None:
+    import polars as pl
+
+    from batch.explain import ExplainConfig, ExplainData, ModelInput, explain_all
+    from shared.detectors import RarityDetector
+
+    rng = np.random.default_rng(5)
+    n_train, n_val, n_test = 60, 20, 40
+    n = n_train + n_val + n_test
+    X = rng.normal(size=(n, 5))
+    test_anomalous = np.zeros(n, dtype=bool)
+    test_anomalous[n_train + n_val :: 2] = True
+    X[test_anomalous, 3] += 6.0
+    split = ["train"] * n_train + ["validation"] * n_val + ["test"] * n_test
+    cases = np.where(test_anomalous, "case_x", "correct")
+    cases[n_train + n_val + 1 :: 4] = "correct"
+    meta = pl.DataFrame({
+        "seq_id": [f"s{i:03d}" for i in range(n)], "run": [f"r{i // 10}" for i in range(n)],
+        "service": ["token"] * n, "test_case": cases.tolist(), "anomaly": test_anomalous.tolist(),
+        "anomaly_service": test_anomalous.tolist(), "split": split,
+    })
+    names = ["tpl:DEBUG A m - a", "tpl:ERROR B m - b", "level:ERROR", "err:ERR12007", "rate:events_per_s"]
+    iforest = IsolationForestDetector(seed=0, n_estimators=30).fit(X[:n_train])
+    thr_if = float(np.quantile(iforest.score(X[n_train : n_train + n_val]), 0.9))
+    rarity = RarityDetector().fit(np.abs(X[:n_train]))
+    models = [
+        ModelInput("if", "if-b", {"all": iforest}, {"all": thr_if}, X, names),
+        ModelInput("rarity", "r-b", {"all": rarity}, {"all": 0.0}, np.abs(X), names),
+    ]
+    manifest = explain_all(models, ExplainData(meta, None, "fp"), ExplainConfig(shap_sample=20, seed=1,
+                           nn_models=("if",), max_list_entries=3), tmp_path)
+    assert manifest["models"] == ["if", "rarity"] and manifest["n_heldout"] == n_test
+    info = manifest["per_model"]["if"]
+    assert info["method"] == "tree_shap" and info["shap_rows"] == 20
+    top = json.loads((tmp_path / "if_top_features.json").read_text())["features"]
+    assert top[0]["name"] == "ERR12007 UNAUTHORIZED_CLIENT"  # the shifted column, readable
+    assert (tmp_path / "shap_summary_if.png").is_file() and (tmp_path / "shap_bar_if.png").is_file()
+    assert (tmp_path / "rarity_shap_skipped.txt").read_text().startswith("RarityDetector")
+    assert manifest["per_model"]["rarity"]["method"] == "deviation"
+    for model in ("if", "rarity"):
+        fp = [json.loads(x) for x in (tmp_path / f"{model}_false_positives.jsonl").read_text().splitlines()]
+        assert len(fp) == min(3, manifest["per_model"][model]["false_positives"]["total"])
+        scores = [e["score"] for e in fp]
+        assert scores == sorted(scores, reverse=True)  # most confident false alarms first
+    cases_csv = pl.read_csv(tmp_path / "if_per_error_case.csv")
+    assert cases_csv["n_sequences"].sum() == n_test
+    caught = cases_csv.filter(pl.col("test_case") == "case_x")["recall"][0]
+    false_alarms = cases_csv.filter(pl.col("test_case") == "correct")["flagged_share"][0]
+    assert caught > false_alarms  # the shifted case is caught more often than normals are flagged
+    nn = pl.read_csv(tmp_path / "if_nn_mapping.csv")
+    assert nn.height == 3 * info["nn"]["anomalies"]
+    assert set(nn["normal_seq_id"].to_list()) <= {f"s{i:03d}" for i in range(n_train)}
+    assert not (tmp_path / "rarity_nn_mapping.csv").exists()
