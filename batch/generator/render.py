@@ -62,6 +62,8 @@ class RunContext:
         self.selected = frozenset(services)
         self.sinks: dict[str, list[tuple[int, str]]] = {}
         self.status_loaded: set[str] = set()
+        #: service -> (time, line head) of its earliest error in the current test (status.yml load).
+        self.first_error: dict[str, tuple[int, str]] = {}
         self._sec_cache: dict[int, str] = {}
         # XNIO worker threads each service's requests run on (the real token log used 3 of them).
         self.threads: dict[str, tuple[str, ...]] = {
@@ -75,6 +77,7 @@ class RunContext:
     def open_test(self) -> None:
         """Start collecting lines for a new test case (fresh per-service lists)."""
         self.sinks = {svc: [] for svc in SERVICES if svc in self.selected}
+        self.first_error = {}
 
     # --- ids -----------------------------------------------------------------------------------
     def cid(self) -> str:
@@ -115,6 +118,12 @@ class RunContext:
         out = self.sinks.get(svc)
         if out is not None:
             out.append((t_ms, f"{self.ts(t_ms)} [{thread}]   {suffix_}"))
+
+    def raw(self, svc: str, t_ms: int, text: str) -> None:
+        """Text without a logback prefix (JVM/agent output on stderr), sorted at ``t_ms``."""
+        out = self.sinks.get(svc)
+        if out is not None:
+            out.append((t_ms, text))
 
     def cache(self, t_ms: int, store: str, op: str, key: str, *, exception: str | None = None) -> None:
         """A MapStore load/store/delete, logged by the member that owns the key's partition.

@@ -92,6 +92,7 @@ def simulate_run(
             start = max(startup_lines(ctx, svc, slot.start_ms) for svc in SERVICES) + 200
         for user in LOCUST_USERS:
             _run_user(ctx, user, slot, start, rate, min_errors)
+        traffic.add_status_yml(ctx)
         logs = {}
         for svc, events in ctx.sinks.items():
             events.sort(key=_time)

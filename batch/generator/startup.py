@@ -1,7 +1,7 @@
 """Container start-up lines: what each service prints before it serves its first request.
 
 ``docker logs --since <test start>`` of the first test of a run catches the start-up of all seven
-containers, so only the *first* test case of a run has these ~110–140 lines at the head of each
+containers, so only the *first* test case of a run has these ~115–140 lines at the head of each
 service log (``correct`` in v1 because its order is fixed, a random test in v2).  In v1 that leaks
 the label: LogLead's maintainers report F1 0.976 on the token service from ``registered for`` and
 ``status.yml`` lines alone (reference §4.1), and ``reduce_logs.py`` drops the first 100 lines of
@@ -38,7 +38,7 @@ _EXTERNAL = ("server.yml", "client.yml", "secret.yml", "datasource.yml", "securi
              "values.yml", "handler.yml")
 _DEFAULT = ("service.yml", "body.yml", "audit.yml", "correlation.yml", "traceability.yml", "health.yml",
             "info.yml", "cors.yml", "metrics.yml", "sanitizer.yml", "header.yml", "startup.yml", "shutdown.yml",
-            "jwt.yml", "validator.yml")
+            "jwt.yml", "validator.yml", "apikey.yml", "basic-auth.yml", "registry.yml")
 
 #: light-4j middleware modules that register themselves at start-up (handler.yml chain).
 _MODULES = ("com.networknt.exception.ExceptionHandler", "com.networknt.correlation.CorrelationHandler",
@@ -111,7 +111,22 @@ def startup_lines(ctx: RunContext, svc: str, t0: int) -> int:
     add("INFO", _SERVER, "start", "Http port disabled.")
     add("INFO", _SERVER, "start", f"Https Server started on ip:0.0.0.0 with HTTPS Port:{_PORTS[svc]}")
     add("INFO", _SERVER, "start", "Registry is disabled, service is not registered")
+    # The JVM and the OpenTelemetry agent (JAVA_TOOL_OPTIONS in the compose file) print to stderr
+    # before logback starts; `docker logs … 2>&1` keeps them: lines without a logback time stamp at
+    # the very head of the file (the loader counts them as orphan continuation lines).
+    ctx.raw(svc, t0 - 1, _jvm_head(t0))
     for thread, s in out:
         t += rng.randint(0, 25)
         ctx.plain(svc, t, thread, s)
     return t
+
+
+def _jvm_head(t0: int) -> str:
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromtimestamp((t0 - 900) / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S:%f")[:-3]
+    return (
+        "Picked up JAVA_TOOL_OPTIONS: -javaagent:/opentelemetry-javaagent.jar\n"
+        f"[otel.javaagent {stamp} +0000] [main] INFO io.opentelemetry.javaagent.tooling.VersionLogger - "
+        "opentelemetry-javaagent - version: 1.32.1"
+    )

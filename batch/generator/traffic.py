@@ -93,20 +93,34 @@ def body_validation(body: dict[str, str], fields: tuple[str, ...]) -> list[str]:
 
 
 def status_error(ctx: RunContext, svc: str, req: Request, code: str, *args: str, throw_site: str | None = None) -> None:
-    """The ERROR lines light-4j writes for a failed request (+ the lazy ``status.yml`` load).
+    """The ERROR lines light-4j writes for a failed request.
 
     Token-handler failures throw ``ApiException`` (ERROR line + stack trace, reference §3.3);
     everything else goes through ``LightHttpHandler.setExchangeStatus`` (one ERROR line with the
-    status JSON).  The first error of a container's lifetime first loads ``status.yml``.
+    status JSON).  The lazy ``status.yml`` load before a container's first error is added by
+    :func:`add_status_yml` once the whole test is rendered (users are rendered one after the other,
+    so the first error in time is only known then).
     """
     if svc not in ctx.status_loaded:
-        ctx.status_loaded.add(svc)
-        req.lines(STATUS_YML)
+        first = ctx.first_error.get(svc)
+        if first is None or req.t < first[0]:
+            ctx.first_error[svc] = (req.t, req.head)
     status = STATUS_CODES[code].to_json(*args)
     if throw_site is not None:
         req.with_trace(API_EXCEPTION, stacks.api_exception(status, throw_site))
     else:
         req.line(suffix("ERROR", _LIGHT, "setExchangeStatus", status), gap_max=6)
+
+
+def add_status_yml(ctx: RunContext) -> None:
+    """Insert the two ``status.yml`` INFO lines before each container's first error of its lifetime."""
+    for svc, (t, head) in sorted(ctx.first_error.items()):
+        ctx.status_loaded.add(svc)
+        out = ctx.sinks.get(svc)
+        if out is not None:
+            for line in STATUS_YML:
+                out.append((t - 1, ctx.ts(t - 1) + head + line))
+    ctx.first_error = {}
 
 
 # --- token service ---------------------------------------------------------------------------------
