@@ -161,7 +161,8 @@ class ErrorCase:
     request: str
     #: The Locust user class that runs the error task.
     locust_user: str
-    #: Arguments of the status description (values the Locust task sends).
+    #: Arguments of the status description (values the Locust task sends); ``{name}`` placeholders
+    #: (``{user_id}``, ``{challenge}``, …) stand for per-request values the generator fills in.
     description_args: tuple[str, ...] = ()
     #: True when the status code was seen in real LO2 data, False when derived from the source.
     observed: bool = False

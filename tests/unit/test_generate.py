@@ -377,3 +377,14 @@ def test_cli_generate_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFix
     assert gt["runs"][0]["tests"][0]["start_ms"] == 1_719_000_000_000
     assert lo2_main(["generate", "--out", str(out), "--runs", "1"]) == 2  # not empty, no --force
     assert "is not empty; pass --force" in " ".join(capsys.readouterr().err.split())
+
+
+def test_loader_reads_the_ground_truth_targets(generated_v2: Path) -> None:
+    """Interface with batch.loader: its anomaly_service rule accepts our ground_truth.json."""
+    from batch.loader import target_fn_for_root
+
+    target = target_fn_for_root(generated_v2)
+    for case in catalog.ERROR_CASES:
+        assert target(case.name, case.service)
+        assert not any(target(case.name, s) for s in catalog.SERVICES if s != case.service)
+    assert not any(target("correct", s) for s in catalog.SERVICES)
