@@ -41,7 +41,6 @@ PER_MODEL_SUFFIXES = (
 )
 NN_SUFFIX = "_nn_mapping.csv"
 SHAP_SKIPPED_SUFFIX = "_shap_skipped.txt"
-SHAP_EXTENSIONS = (".png", ".svg", ".pdf", ".txt", ".json", ".csv")
 
 
 @dataclass
@@ -145,6 +144,18 @@ def _scan_model(directory: Path, model: str, nn_models: set[str]) -> ModelArtefa
     return art
 
 
+def is_shap_artefact(name: str) -> bool:
+    """SHAP outputs: ``shap_<kind>_<model>.<img>``, ``<model>_shap_skipped.txt`` and top-feature lists.
+
+    Matching ``*shap*`` (the reference) would also count every file of a model whose key contains
+    "shap" (``sequence_shap_lr_words_metrics.json``).
+    """
+    lower = name.lower()
+    if lower.startswith("shap_") and lower.endswith((".png", ".svg", ".pdf")):
+        return True
+    return lower.endswith((SHAP_SKIPPED_SUFFIX, "_top_features.csv", "_top_features.json"))
+
+
 def _scalars(data: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten nested dicts to ``a.b`` keys, keeping numbers, strings, booleans and None."""
     out: dict[str, Any] = {}
@@ -169,9 +180,7 @@ def scan(directory: Path) -> ScanResult:
     nn_models = set(models)
     if manifest is not None and isinstance(manifest.get("nn_models"), list):
         nn_models = {str(m) for m in manifest["nn_models"]}
-    shap_files = sorted(
-        p.name for p in directory.iterdir() if "shap" in p.name.lower() and p.suffix.lower() in SHAP_EXTENSIONS
-    )
+    shap_files = sorted(p.name for p in directory.iterdir() if is_shap_artefact(p.name))
     by_type: dict[str, int] = {}
     for name in shap_files:
         ext = Path(name).suffix.lower().lstrip(".")
@@ -204,6 +213,10 @@ def _fmt(value: Any) -> str:
     return redact(str(value))
 
 
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _preview_fp(path: Path, n: int) -> list[str]:
     lines: list[str] = []
     with path.open(encoding="utf-8", errors="replace") as fh:
@@ -216,21 +229,31 @@ def _preview_fp(path: Path, n: int) -> list[str]:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            reasons = ", ".join(str(r.get("name", r)) if isinstance(r, dict) else str(r) for r in entry.get("top_reasons", []))
+            reasons = "; ".join(
+                _clip(str(r.get("name", r)) if isinstance(r, dict) else str(r), 80)
+                for r in entry.get("top_reasons", [])[:3]
+            )
             lines.append(
                 f"- `{entry.get('seq_id')}` {entry.get('service')} / {entry.get('test_case')}: "
                 f"score {_fmt(entry.get('score'))} >= {_fmt(entry.get('threshold'))}; reasons: {redact(reasons)}"
             )
             for ev in entry.get("evidence", [])[:2]:
-                lines.append(f"  - `{redact(str(ev))[:200]}`")
+                lines.append(f"  - `{_clip(redact(str(ev)), 200)}`")
     return lines
+
+
+def _num(value: str | None) -> str:
+    try:
+        return f"{float(value or ''):.4f}"
+    except ValueError:
+        return "?"
 
 
 def _preview_top(path: Path, n: int) -> tuple[list[str], int]:
     with path.open(encoding="utf-8", errors="replace", newline="") as fh:
         rows = list(csv.DictReader(fh))
     out = [
-        f"{i + 1}. {redact(r.get('name', ''))} (mean |contribution| {r.get('mean_abs_contribution', '?')})"
+        f"{i + 1}. {_clip(redact(r.get('name', '')), 120)} (mean |contribution| {_num(r.get('mean_abs_contribution'))})"
         for i, r in enumerate(rows[:n])
     ]
     return out, len(rows)

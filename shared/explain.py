@@ -359,15 +359,21 @@ def feature_label(name: str) -> str:
     return name
 
 
-def feature_templates_of(spec: Any, n_features: int) -> list[str | None]:
-    """Template key (``str(template_id)``) of each feature column of a ``FeatureSpec``, else None.
+def feature_templates_of(spec: Any, feature_names: Sequence[str]) -> list[str | None]:
+    """Template key (``str(template_id)``) of each named feature column, None for non-template columns.
 
-    The first ``len(spec.top_template_ids)`` columns are the per-template shares (see
-    ``shared.features._RawLayout``); their keys match the ``template_id`` of evidence lines kept by
-    ``shared.sequences.SequenceAccumulator``.
+    The first ``len(spec.top_template_ids)`` columns of ``spec.feature_names`` are the per-template
+    shares (``shared.features._RawLayout``); a model may see a subset of the columns (e.g. the
+    ``aggregates`` input), so the lookup goes by name.  The keys match the ``template_id`` of the
+    evidence lines kept by ``shared.sequences.SequenceAccumulator``.
     """
     top = [str(t) for t in getattr(spec, "top_template_ids", ())]
-    return top[:n_features] + [None] * max(0, n_features - len(top))
+    position = {name: i for i, name in enumerate(getattr(spec, "feature_names", ()))}
+    out: list[str | None] = []
+    for name in feature_names:
+        i = position.get(name)
+        out.append(top[i] if i is not None and i < len(top) else None)
+    return out
 
 
 def build_explainer_state_for_spec(
@@ -375,14 +381,16 @@ def build_explainer_state_for_spec(
 ) -> ExplainerState:
     """:func:`build_explainer_state` with names, readable labels and template keys taken from the spec.
 
-    What a bundle builder calls with the training runs' ``correct`` rows of ``FeatureMatrix.X``.
+    What a bundle builder calls with the training runs' ``correct`` rows of the model's input
+    matrix; ``feature_names`` = that matrix's columns (``bundle.feature_names``), default all of
+    ``spec.feature_names``.
     """
     names = list(feature_names if feature_names is not None else spec.feature_names)
     return build_explainer_state(
         X_normal,
         names,
         seq_ids,
-        feature_templates=feature_templates_of(spec, len(names)),
+        feature_templates=feature_templates_of(spec, names),
         feature_labels=[feature_label(n) for n in names],
         **kwargs,
     )

@@ -167,10 +167,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from batch.explain import ExplainConfig, ExplainData, ModelInput, explain_all
     from batch.registry import get_spec
     from batch.splits import RunSplit
+    from batch.train import input_matrix, input_names, make_inputs
     from shared import bundle as bundles
     from shared import detection_metrics as dm
     from shared.errors import ConfigError, Lo2Error
-    from shared.features import CANARY_FEATURES, canary_features, featurize_events
+    from shared.features import canary_features, featurize_events
 
     console = Console(stderr=True)
     model_dir = args.model_dir or settings.model_dir
@@ -232,11 +233,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         fm = type(fm)(fm.meta[idx], fm.X[idx], fm.feature_names, fm.X_tokens[idx],
                                       fm.token_feature_names, fm.spec_fingerprint)
                     matrices[fp] = {
-                        "numeric": (fm.X, list(fm.feature_names)),
-                        "tokens": (fm.X_tokens, list(fm.token_feature_names)),
-                        "canary": (canary_features(fm.meta)[0], list(CANARY_FEATURES)),
+                        "fm": fm,
+                        "inputs": make_inputs(fm.X, fm.X_tokens, canary_features(fm.meta)[0], fm.feature_names),
                     }
                 return matrices[fp]
+
+            def model_input(spec: Any, kind: str) -> tuple[Any, list[str]]:
+                """The bundle's input matrix and its column names (the same code as training)."""
+                got = featurized(spec)
+                fm = got["fm"]
+                base, _, extra = kind.partition("+")
+                if base == "tokens":
+                    names = list(fm.token_feature_names) + [f"canary:{c}" for c in extra.split(",") if c]
+                else:
+                    names = input_names(kind, fm.feature_names)
+                X = input_matrix(got["inputs"], kind)
+                if X.shape[1] != len(names):
+                    msg = f"input kind {kind!r}: {X.shape[1]} columns but {len(names)} names"
+                    raise ConfigError(msg)
+                return X, names
 
             if args.retrain:
                 from batch.train import TrainConfig, train
@@ -252,7 +267,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 msg = "nothing to explain: --skip-if without --sup-models"
                 raise ConfigError(msg)
             for b in loaded:
-                X, names = featurized(b.feature_spec)[b.input_kind]
+                X, names = model_input(b.feature_spec, b.input_kind)
                 mi = ModelInput(b.model_key, b.name or "retrained here (--retrain)", dict(b.detectors),
                                 dict(b.thresholds), X, names)
                 if b.model_key == "canary" and canary is None:
@@ -262,7 +277,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             meta = split.label(base_meta)
             if canary is None:
                 say("fitting the length/duration canary on the training runs (baseline only)")
-                Xc, cnames = featurized(loaded[0].feature_spec)["canary"]
+                Xc, cnames = model_input(loaded[0].feature_spec, "canary")
                 is_split = meta["split"].fill_null("").to_numpy()
                 tr, va = np.flatnonzero(is_split == "train"), np.flatnonzero(is_split == "validation")
                 y_fit = meta["anomaly"].cast(pl.Boolean).fill_null(False).to_numpy()

@@ -159,8 +159,10 @@ def test_feature_labels_are_readable() -> None:
 
     class Spec:
         top_template_ids = (5, 9)
+        feature_names = ("tpl:a", "tpl:b", "level:INFO", "err:ERR12007")
 
-    assert feature_templates_of(Spec(), 4) == ["5", "9", None, None]
+    assert feature_templates_of(Spec(), list(Spec.feature_names)) == ["5", "9", None, None]
+    assert feature_templates_of(Spec(), ["level:INFO", "tpl:b"]) == [None, "9"]  # a column subset
 
 
 def test_state_round_trips_through_files(state: ExplainerState, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def explain_dir(tmp_path: Path) -> Path:
     (d / "shap_summary_if.png").write_bytes(b"\x89PNG")
     (d / "shap_bar_if.png").write_bytes(b"\x89PNG")
     (d / "event_lr_words_shap_skipped.txt").write_text("no linear model in bundle")
+    (d / "sequence_shap_lr_words_metrics.json").write_text("{}")  # "shap" in a model key is no SHAP file
     (d / "if_metrics.json").write_text(json.dumps({"heldout": {"roc_auc": 0.91, "f1": 0.5}, "canary": {"roc_auc": 0.52}}))
     (d / "broken_metrics.json").write_text("{nope")
     return d
@@ -61,7 +62,8 @@ def test_scan_counts_entries_and_finds_required_files(explain_dir: Path) -> None
     assert lr.shap_skipped_reason == "no linear model in bundle"
     assert lr.missing == []  # skipped SHAP replaces the plots; no NN mapping expected for it
     assert result.complete
-    assert result.shap_by_type == {"png": 2, "txt": 1}
+    assert result.shap_by_type == {"csv": 2, "json": 2, "png": 2, "txt": 1}
+    assert "sequence_shap_lr_words_metrics.json" not in result.shap_files
     assert result.metrics["if_metrics.json"]["heldout.roc_auc"] == 0.91
     assert "broken_metrics.json" in result.metric_errors
 
