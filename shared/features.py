@@ -84,8 +84,14 @@ _FAILURE_RE = re.compile(FAILURE_WORDS_REGEX)
 #: Columns ``featurize_events`` needs (``seq_id`` only for the file policy).
 REQUIRED_COLUMNS = (
     "run", "run_epoch", "test_case", "service", "timestamp", "level", "logger", "method", "message",
-    "n_stack_lines", "anomaly", "anomaly_service",
 )
+#: Optional columns and the value used when a table lacks them (unlabelled data has no labels).
+OPTIONAL_COLUMNS: dict[str, pl.Expr] = {
+    "stack": pl.lit(None, dtype=pl.String),
+    "n_stack_lines": pl.lit(0, dtype=pl.Int64),
+    "anomaly": pl.lit(None, dtype=pl.Boolean),
+    "anomaly_service": pl.lit(None, dtype=pl.Boolean),
+}
 META_COLUMNS = (
     "seq_id", "run", "run_epoch", "test_case", "service", "window_start_ms",
     "n_events", "duration_s", "n_stack_lines", "anomaly", "anomaly_service",
@@ -469,7 +475,7 @@ def fit_feature_spec(
     _check_columns(lf, ("level", "logger", "method", "message"), "fit_feature_spec")
     has_stack = "stack" in lf.collect_schema().names()
     base = lf.select(
-        "level", "logger", "method", "message",
+        pl.col("level", "logger", "method", "message").fill_null(""),
         pl.col("stack") if has_stack else pl.lit(None, dtype=pl.String).alias("stack"),
     )
     counts = (
@@ -564,8 +570,11 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
     lf = _as_lazy(events)
     _check_columns(lf, REQUIRED_COLUMNS, "featurize_events")
     names = set(lf.collect_schema().names())
-    if "stack" not in names:
-        lf = lf.with_columns(stack=pl.lit(None, dtype=pl.String))
+    missing = {c: e.alias(c) for c, e in OPTIONAL_COLUMNS.items() if c not in names}
+    if missing:
+        lf = lf.with_columns(**missing)
+    # text columns: a null would break the joins on unique messages; the contract has none
+    lf = lf.with_columns(pl.col("level", "logger", "method", "message").fill_null(""))
     lf = _assign_sequences(lf, spec.policy, "seq_id" in names)
     lay = spec.layout
     df = (
@@ -599,8 +608,8 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
             pl.col("n_stack_lines").sum(),
             (pl.col("n_stack_lines") > 0).sum().alias("n_stack_events"),
             (pl.col("codes").list.len() > 0).sum().alias("n_code_events"),
-            pl.col("anomaly").any(),
-            pl.col("anomaly_service").any(),
+            pl.col("anomaly").any(ignore_nulls=False),
+            pl.col("anomaly_service").any(ignore_nulls=False),
             pl.col("ts_ms").min().alias("start_ms"),
         )
         .sort("run_epoch", "run", "test_case", "service", "start_ms", "seq_id")

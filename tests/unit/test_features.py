@@ -366,6 +366,17 @@ def test_fit_from_settings(train_events: pl.DataFrame) -> None:
     assert spec.policy.kind == "window" and spec.policy.window_seconds == 30
 
 
+def test_unlabelled_tables_without_stacks_are_fine(events: pl.DataFrame, spec: FeatureSpec) -> None:
+    full = featurize_events(events, spec)
+    bare = featurize_events(events.drop("anomaly", "anomaly_service", "stack", "n_stack_lines"), spec)
+    assert bare.meta["anomaly"].null_count() == bare.n_sequences
+    cols = [j for j, n in enumerate(spec.feature_names) if "stack" not in n and not n.startswith("err:")
+            and n != "rate:error_code_events"]
+    assert np.array_equal(bare.X[:, cols], full.X[:, cols])
+    with_null = events.with_columns(pl.when(pl.col("line_no") == 5).then(None).otherwise(pl.col("message")).alias("message"))
+    assert np.isfinite(featurize_events(with_null, spec).X).all()
+
+
 def test_bad_tables_give_clear_errors(events: pl.DataFrame, spec: FeatureSpec) -> None:
     with pytest.raises(DataLayoutError, match=r"lacks columns \['level'\]"):
         featurize_events(events.drop("level"), spec)
