@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 
 from batch.registry import REGISTRY, ModelSpec, available, get_spec
-from batch.splits import RunSplit, SplitOrder, split_runs
+from batch.splits import RunSplit, SplitName, SplitOrder, split_runs
 from batch.train import CANARY_COLUMNS as TRAIN_CANARY_COLUMNS
 from batch.train import Events, Featurized, featurize, filter_services, input_matrix
 from shared import detection_metrics as dm
@@ -84,6 +84,8 @@ class EvaluationConfig:
     threshold_quantile: float = 0.99
     #: Extra parameters per registry key (e.g. ``{"if": {"n_estimators": 400}}``).
     model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: One detector and threshold per service (scores then become margins over the threshold).
+    per_service: bool = False
 
     def __post_init__(self) -> None:
         for key in self.models:
@@ -297,14 +299,39 @@ def _metrics(
 
 @dataclass
 class _Run:
-    """Scores of one model for one fit label and seed."""
+    """Scores of one model for one fit label and seed (on every test row, or on ``valid`` ones)."""
 
     model: str
     fit_label: str
     seed: int
     threshold: float
     test_scores: np.ndarray
-    val_scores: np.ndarray
+    #: Per-service mode: test rows whose service could be fitted (None = all rows).
+    valid: np.ndarray | None = None
+    #: Per-service mode: services that could not be fitted, with the reason.
+    group_errors: dict[str, str] = field(default_factory=dict)
+
+
+_FIT_ERRORS = (ValueError, RuntimeError, ImportError, MemoryError, Lo2Error)
+
+
+def _fit_group(
+    spec: ModelSpec, X: Any, data: Featurized, fit_label: str, seed: int, config: EvaluationConfig,
+    rows: Mapping[SplitName, np.ndarray],
+) -> tuple[np.ndarray, float]:
+    """Fit on ``rows["train"]``, calibrate on validation normals, return (test scores, threshold)."""
+    y_all = data.labels(fit_label)
+    detector = spec.build(seed, config.model_params.get(spec.key))
+    # Unsupervised detectors keep only rows with y == 0, i.e. the training runs' `correct` sequences
+    # (fit_label is the paper label for them); supervised ones learn the label.
+    detector.fit(X[rows["train"]], y_all[rows["train"]].astype(int))
+    val_scores = np.asarray(detector.score(X[rows["validation"]]), dtype=np.float64)
+    val_correct = ~data.labels("anomaly")[rows["validation"]]
+    threshold = dm.threshold_from_quantile(val_scores[val_correct], config.threshold_quantile)
+    if not threshold.defined:
+        raise ValueError(f"cannot calibrate a threshold: {threshold.reason} (validation runs)")
+    test_scores = np.asarray(detector.score(X[rows["test"]]), dtype=np.float64)
+    return test_scores, float(threshold)
 
 
 def _fit_and_score(
@@ -314,20 +341,32 @@ def _fit_and_score(
     seed: int,
     config: EvaluationConfig,
 ) -> _Run:
+    """Pooled: one detector and threshold.  Per service: one each per service, and the scores
+    become margins ``score - threshold of the row's service`` (threshold 0), so that pooled
+    metrics compare like with like."""
     X = input_matrix(data.inputs, spec.input_kind)
-    tr, va, te = data.rows("train"), data.rows("validation"), data.rows("test")
-    y_all = data.labels(fit_label)
-    detector = spec.build(seed, config.model_params.get(spec.key))
-    # Unsupervised detectors keep only rows with y == 0, i.e. the training runs' `correct` sequences
-    # (fit_label is the paper label for them); supervised ones learn the label.
-    detector.fit(X[tr], y_all[tr].astype(int))
-    val_scores = np.asarray(detector.score(X[va]), dtype=np.float64)
-    test_scores = np.asarray(detector.score(X[te]), dtype=np.float64)
-    val_correct = ~data.labels("anomaly")[va]
-    threshold = dm.threshold_from_quantile(val_scores[val_correct], config.threshold_quantile)
-    if not threshold.defined:
-        raise ValueError(f"cannot calibrate a threshold: {threshold.reason} (validation runs)")
-    return _Run(spec.key, fit_label, seed, float(threshold), test_scores, val_scores)
+    names: tuple[SplitName, ...] = ("train", "validation", "test")
+    if not config.per_service:
+        scores, threshold = _fit_group(spec, X, data, fit_label, seed, config, {n: data.rows(n) for n in names})
+        return _Run(spec.key, fit_label, seed, threshold, scores)
+    test_rows = data.rows("test")
+    margins = np.full(test_rows.size, np.nan)
+    errors: dict[str, str] = {}
+    for service in sorted(data.meta["service"].unique().to_list()):
+        rows = {n: data.rows(n, service) for n in names}
+        if rows["test"].size == 0:
+            continue
+        try:
+            scores, threshold = _fit_group(spec, X, data, fit_label, seed, config, rows)
+        except _FIT_ERRORS as exc:
+            # e.g. a supervised model for a service that no error targets: one class only
+            errors[service] = f"{type(exc).__name__}: {exc}"
+            continue
+        margins[np.searchsorted(test_rows, rows["test"])] = scores - threshold
+    valid = ~np.isnan(margins)
+    if not valid.any():
+        raise ValueError(f"no service could be fitted: {errors}")
+    return _Run(spec.key, fit_label, seed, 0.0, margins, valid, errors)
 
 
 # --- the evaluation ---------------------------------------------------------------------------
@@ -374,10 +413,15 @@ def evaluate(
                     continue
                 t0 = time.perf_counter()
                 try:
-                    runs.append(_fit_and_score(spec, prep, fit_label, seed, config))
-                except (ValueError, RuntimeError, ImportError, MemoryError, Lo2Error) as exc:
+                    run = _fit_and_score(spec, prep, fit_label, seed, config)
+                except _FIT_ERRORS as exc:
                     log.warning("model %s (label %s, seed %d) failed: %s", key, fit_label, seed, exc)
                     failures.append(Failure(key, fit_label, seed, f"{type(exc).__name__}: {exc}"))
+                else:
+                    runs.append(run)
+                    for service, error in run.group_errors.items():
+                        log.warning("model %s (label %s, seed %d) skipped service %s: %s", key, fit_label, seed, service, error)
+                        failures.append(Failure(key, fit_label, seed, f"service {service}: {error}"))
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
     rows, cases, scores = _collect(runs, preps_by_seed, config)
     timings["total"] = time.perf_counter() - t_start
@@ -417,24 +461,26 @@ def _collect(
     for run in runs:
         spec = get_spec(run.model)
         prep = preps[run.seed]
-        test_meta = prep.meta[prep.rows("test")]
+        keep = run.valid if run.valid is not None else np.ones(run.test_scores.size, dtype=bool)
+        test_meta = prep.meta[prep.rows("test")].filter(pl.Series(keep))
         services = test_meta["service"].to_numpy()
         cases = test_meta["test_case"].to_numpy()
+        run_scores = run.test_scores[keep]
         for label in _eval_labels(spec, run, config):
-            y = prep.labels(label)[prep.rows("test")]
+            y = prep.labels(label)[prep.rows("test")][keep]
             groups = [(ALL, np.ones(y.size, dtype=bool))]
             groups += [(s, services == s) for s in sorted(set(services.tolist()))]
             for service, mask in groups:
                 key = (run.model, label, service)
-                per.setdefault(key, []).append(_metrics(y[mask], run.test_scores[mask], run.threshold, config))
+                per.setdefault(key, []).append(_metrics(y[mask], run_scores[mask], run.threshold, config))
                 sizes[key] = (int(mask.sum()), int(y[mask].sum()))
-            alerts = run.test_scores >= run.threshold
+            alerts = run_scores >= run.threshold
             for case in sorted(set(cases[y].tolist())):
                 m = (cases == case) & y
                 case_hits.setdefault((run.model, label, case), []).append((int(m.sum()), int(alerts[m].sum())))
             if run.seed == first_seed:
                 scores.append(
-                    ScoreSet(run.model, label, run.seed, run.threshold, y, run.test_scores, services, cases)
+                    ScoreSet(run.model, label, run.seed, run.threshold, y, run_scores, services, cases)
                 )
     rows: list[ResultRow] = []
     for (model, label, service), seed_metrics in per.items():

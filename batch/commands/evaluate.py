@@ -57,6 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "the canary is always added",
     )
     models.add_argument("--list-models", action="store_true", help="print the registry keys and exit")
+    models.add_argument(
+        "--per-service",
+        action="store_true",
+        help="one detector and threshold per service (pooled results then rank score minus service threshold)",
+    )
     models.add_argument("--if-n-estimators", type=int, default=None, help="IsolationForest trees (default 200)")
     models.add_argument("--if-max-samples", default=None, help="IsolationForest max_samples: 'auto' or an integer")
     models.add_argument(
@@ -65,7 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="IsolationForest contamination ('auto' or a fraction); it does not change scores or metrics here",
     )
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--seeds", type=int, default=3, help="number of seeds (mean ± std over them; default 3)")
+    ev.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds (mean ± std over them; default LO2_EVAL_SEEDS = 3)"
+    )
     ev.add_argument("--seed", type=int, default=None, help="first seed (default: LO2_SEED); seeds are seed, seed+1, ...")
     ev.add_argument(
         "--label",
@@ -145,12 +152,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             else (ev.LABEL_COLUMNS[args.label],)
         )
         first = settings.seed if args.seed is None else args.seed
-        if args.seeds < 1:
-            console.print(f"[red]--seeds must be >= 1, got {args.seeds}[/]")
+        n_seeds = settings.eval_seeds if args.seeds is None else args.seeds
+        if n_seeds < 1:
+            console.print(f"[red]--seeds must be >= 1, got {n_seeds}[/]")
             return 2
         config = ev.EvaluationConfig(
             models=models,
-            seeds=tuple(range(first, first + args.seeds)),
+            seeds=tuple(range(first, first + n_seeds)),
             labels=labels,
             services=tuple(_csv(args.services)) or None,
             fractions=args.fractions,
@@ -159,6 +167,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             fp_alphas=tuple(a for a in (float(x) for x in _csv(args.report_fp_alpha)) if a > 0),
             threshold_quantile=percentile_to_quantile(args.if_threshold_percentile),
             model_params=_model_params(args),
+            per_service=args.per_service,
         )
         out_dir: Path = args.out or (settings.artifacts_dir / "evaluation")
         if args.root is not None:

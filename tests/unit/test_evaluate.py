@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -200,3 +201,18 @@ def test_metric_summary_ignores_undefined_seeds() -> None:
     assert s.n == 2 and s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.1414, abs=1e-3)
     empty = MetricSummary.of([math.nan], ["only normal rows"])
     assert empty.n == 0 and empty.reason == "only normal rows" and empty.text() == "n/a"
+
+
+def test_per_service_models_rank_margins(events: pl.DataFrame, result: EvaluationResult) -> None:
+    """One IF and threshold per service: alerts are where the margin over its service's threshold >= 0."""
+    res = evaluate(events, EvaluationConfig(models=("if",), seeds=(1,), per_service=True))
+    # services too small to fit (or, for the supervised canary, without a targeted error) are
+    # skipped one by one, reported, and the other services are still evaluated
+    assert all(f.error.startswith("service ") for f in res.failures)
+    s = next(x for x in res.scores if x.model == "if" and x.label == "anomaly_service")
+    assert s.threshold == 0.0 and 0 < s.scores.size <= result.n_sequences["test"]
+    assert not np.isnan(s.scores).any()
+    skipped = {f.error.split(":")[0].removeprefix("service ") for f in res.failures if f.model == "if"}
+    assert not skipped & set(s.service.tolist())
+    row = res.row("if", "anomaly_service")
+    assert row.metrics["alert_rate"].mean == pytest.approx(float((s.scores >= 0).mean()))
