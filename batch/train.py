@@ -39,6 +39,9 @@ SplitName = Literal["train", "validation", "test"]
 #: splits, so per-template / per-error-code columns either never vary in normal data (invisible
 #: to it) or, varying from service to service, drown the few columns that carry the anomaly.
 AGGREGATE_PREFIXES: tuple[str, ...] = ("share:", "level:", "rate:")
+#: Excluded although it matches a prefix: events per second measures traffic volume and duration
+#: (the canary's territory, different in every v2 run), not how the service behaves.
+AGGREGATE_EXCLUDED: frozenset[str] = frozenset({"rate:events_per_s"})
 #: Raw sequence columns (the canary's) that ``--if-numeric`` may append, in canary column order.
 CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s", "n_stack_lines")
 ProgressFn = Callable[[str], None]
@@ -159,7 +162,11 @@ def featurize(events: Events, split: RunSplit) -> Featurized:
 
 def aggregate_columns(feature_names: Sequence[str]) -> list[int]:
     """Indices of the aggregate features (see :data:`AGGREGATE_PREFIXES`)."""
-    return [j for j, name in enumerate(feature_names) if name.startswith(AGGREGATE_PREFIXES)]
+    return [
+        j
+        for j, name in enumerate(feature_names)
+        if name.startswith(AGGREGATE_PREFIXES) and name not in AGGREGATE_EXCLUDED
+    ]
 
 
 def make_inputs(X: np.ndarray, X_tokens: Any, canary: np.ndarray, feature_names: Sequence[str]) -> dict[str, Any]:
@@ -295,6 +302,25 @@ def _json_safe_edges(reference: dm.PsiReference) -> dict[str, Any]:
     return {"edges": edges, "counts": list(reference.counts)}
 
 
+def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of validation normal scores, made safe for tied scores.
+
+    Alerts fire at ``score >= threshold``.  Detectors such as Rarity or OOV give most normal
+    sequences the *same* score (0); the quantile then equals that score and every sequence would
+    alert.  When ties at the threshold would alert clearly more normals than ``1 - quantile``
+    (more than one sequence's worth), the threshold moves just above the tied value.
+    """
+    value = dm.threshold_from_quantile(normal_scores, quantile)
+    if not value.defined:
+        msg = f"cannot calibrate a threshold: {value.reason}"
+        raise ConfigError(msg)
+    threshold = float(value)
+    n = normal_scores.size
+    if float(np.mean(normal_scores >= threshold)) > (1.0 - quantile) + 1.0 / n:
+        threshold = float(np.nextafter(threshold, np.inf))
+    return threshold
+
+
 # --- fitting ----------------------------------------------------------------------------------
 
 
@@ -322,7 +348,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
         )
         scores[group_rows] = detector.score(X[group_rows])
         val_normal_scores = scores[val][normal[val]]
-        threshold = dm.threshold_from_quantile(val_normal_scores, config.threshold_quantile)
+        threshold = calibrate_threshold(val_normal_scores, config.threshold_quantile)
         detectors[group] = detector
         thresholds[group] = float(threshold)
         row_thresholds[group_rows] = float(threshold)

@@ -183,3 +183,13 @@ def test_models_list_show_verify_promote(
     joblib_file.write_bytes(joblib_file.read_bytes()[:-3])
     assert _models(["verify", "current"], settings) == 1
     assert "checksum mismatch" in capsys.readouterr().out
+
+
+def test_threshold_calibration_survives_tied_scores() -> None:
+    from batch.train import calibrate_threshold
+
+    continuous = np.linspace(0.0, 1.0, 101)
+    assert calibrate_threshold(continuous, 0.99) == pytest.approx(0.99)
+    tied = np.r_[np.zeros(95), np.linspace(0.5, 1.0, 5)]  # Rarity/OOV: most normals score exactly 0
+    threshold = calibrate_threshold(tied, 0.5)
+    assert threshold > 0.0 and (tied >= threshold).mean() <= 0.05 + 1e-9
