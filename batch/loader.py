@@ -424,12 +424,13 @@ def decode_lines(data: bytes) -> tuple[str, list[int]]:
         pos = m.start()
         if not bad_lines or bad_lines[-1] != line:
             bad_lines.append(line)
-    return _SURROGATES.sub("\ufffd", text), bad_lines
+    return _SURROGATES.sub(lambda m: "\ufffd" * len(m.group()), text), bad_lines
 
 
-def _lines_frame(fids: list[int], texts: list[str]) -> pl.LazyFrame:
-    """One row per raw line: fid, line_no (1-based), text (without the line break)."""
-    raw = pl.DataFrame({"fid": fids, "text": texts}, schema={"fid": pl.Int32, "text": pl.String})
+def _lines_frame(texts: pl.Series) -> pl.LazyFrame:
+    """One row per raw line: fid (index in ``texts``), line_no (1-based), text (without line break)."""
+    raw = pl.DataFrame({"fid": pl.int_range(texts.len(), dtype=pl.Int32, eager=True), "text": texts})
+    raw = raw.filter(pl.col("text") != "")  # empty files have no lines, not one blank line
     row = pl.int_range(pl.len(), dtype=pl.Int64)
     new_file = pl.col("fid") != pl.col("fid").shift(1, fill_value=-1)
     return (
@@ -455,8 +456,9 @@ _HEAD_REGEX = LINE_REGEX.removesuffix(_MESSAGE_GROUP)
 #: ``\d`` also matches non-ASCII digits (Rust and Python); such a "time" is not a clock time, so the
 #: line counts as malformed rather than failing the batch on a cast.
 _ASCII_TIME = r"^[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3} "
-#: Passes of "two spaces -> one" over the head: runs of up to 2**passes spaces collapse to one.
-_SPACE_PASSES = 3
+#: Passes of "two spaces -> one" over the head: runs of up to 4 spaces collapse to one (real lines
+#: have at most 3, after ``]`` on Hazelcast lines); longer runs take the exact slow path.
+_SPACE_PASSES = 2
 _FIELDS = ("thread", "correlation_id", "level", "logger", "method", "message")
 
 
@@ -533,14 +535,20 @@ def _fix_slow_rows(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(**cols).drop("_slow")
 
 
-def _timestamp_ms(time_col: pl.Expr, run_epoch_s: pl.Expr) -> pl.Expr:
-    """Vectorised :func:`shared.parsing.resolve_timestamp_ms` (same rule, same roll-over)."""
-    tod = (
-        time_col.str.slice(0, 2).cast(pl.Int64) * 3_600_000
-        + time_col.str.slice(3, 2).cast(pl.Int64) * 60_000
-        + time_col.str.slice(6, 2).cast(pl.Int64) * 1000
-        + time_col.str.slice(9, 3).cast(pl.Int64)
-    )
+def _time_of_day_ms(time_col: pl.Expr) -> pl.Expr:
+    """``"HH:MM:SS.mmm"`` -> ms since midnight, like :func:`shared.parsing.time_of_day_ms`.
+
+    One integer cast of ``HHMMSSmmm`` instead of four slices and casts (a third of the cost).
+    """
+    v = time_col.str.replace_all(":", "", literal=True).str.replace(".", "", literal=True).cast(pl.Int64)
+    return (v // 10_000_000) * 3_600_000 + (v // 100_000 % 100) * 60_000 + (v // 1000 % 100) * 1000 + v % 1000
+
+
+def _resolve_ms(tod: pl.Expr, run_epoch_s: pl.Expr) -> pl.Expr:
+    """Vectorised :func:`shared.parsing.resolve_timestamp_ms` (same rule, same roll-over).
+
+    ``tod`` should be a column, not an expression, because it is used three times.
+    """
     ref = run_epoch_s * 1000
     cand = ref - ref % MS_PER_DAY + tod
     diff = cand - ref
@@ -563,16 +571,22 @@ class BatchResult:
 
 def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lines: int) -> BatchResult:
     """Parse the raw bytes of several service logs at once into contract frames and per-file stats."""
-    texts, fids, bad_lines = [], [], []
     problems: list[Problem] = []
-    for i, (task, data) in enumerate(zip(tasks, datas, strict=True)):
-        text, bad = decode_lines(data)
-        bad_lines.append(bad)
-        if bad:
-            problems.append(Problem(str(task.path), bad[0], "undecodable", f"{len(bad)} line(s) with bytes that are not UTF-8"))
-        if text:
-            texts.append(text)
-            fids.append(i)
+    # Polars checks UTF-8 itself (much cheaper than decoding to Python str and back); only a batch
+    # with bad bytes takes the Python path that marks and replaces them file by file.
+    bad_lines: list[list[int]] = [[] for _ in tasks]
+    try:
+        texts = pl.Series("text", datas, dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.ComputeError:
+        decoded = [decode_lines(d) for d in datas]
+        texts = pl.Series("text", [text for text, _ in decoded], dtype=pl.String)
+        for i, (_, bad) in enumerate(decoded):
+            bad_lines[i] = bad
+            if bad:
+                problems.append(
+                    Problem(str(tasks[i].path), bad[0], "undecodable",
+                            f"{len(bad)} line(s) with bytes that are not UTF-8 (kept, bad bytes as U+FFFD)")
+                )
     del datas
     meta = pl.DataFrame(
         {
@@ -590,7 +604,7 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
             "service": pl.String, "seq_id": pl.String, "anomaly": pl.Boolean, "anomaly_service": pl.Boolean,
         },
     )
-    rows = _fix_slow_rows(_classified(_lines_frame(fids, texts)).collect())
+    rows = _fix_slow_rows(_classified(_lines_frame(texts)).collect())
     del texts
 
     kind = pl.col("kind")
@@ -639,10 +653,8 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
         .select("fid", "gid", "line_no", "time", *_FIELDS)
         .join(stacks, on="gid", how="left", maintain_order="left")
         .join(meta.lazy(), on="fid", how="left", maintain_order="left")
-        .with_columns(
-            timestamp=_timestamp_ms(pl.col("time"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")),
-            n_stack_lines=pl.col("n_stack_lines").fill_null(0),
-        )
+        .with_columns(_tod=_time_of_day_ms(pl.col("time")), n_stack_lines=pl.col("n_stack_lines").fill_null(0))
+        .with_columns(timestamp=_resolve_ms(pl.col("_tod"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")))
         .select(EVENTS_SCHEMA.names + ["fid"])
         .collect()
     )
