@@ -399,7 +399,10 @@ def write_plots(
     import matplotlib.pyplot as plt
     import shap
 
-    order = np.argsort(-np.abs(values).mean(axis=0))[:top]
+    mean_abs = np.abs(values).mean(axis=0)
+    order = np.array([j for j in np.argsort(-mean_abs, kind="stable")[:top] if mean_abs[j] > 0], dtype=np.int64)
+    if order.size == 0:  # nothing contributes: still draw the first columns rather than fail
+        order = np.arange(min(top, values.shape[1]))
     labels = _plot_labels([names[j] for j in order])
     what = f"{model}: {method} on {values.shape[0]} held-out sequences (positive = toward anomalous)"
     summary = out_dir / f"shap_summary_{model}.png"
@@ -588,7 +591,7 @@ def explain_model(
     ys = y[sample]
     mean_pos = attr.values[ys].mean(axis=0) if ys.any() else np.full(len(names), math.nan)
     mean_neg = attr.values[~ys].mean(axis=0) if (~ys).any() else np.full(len(names), math.nan)
-    order = np.argsort(-mean_abs, kind="stable")[: max(config.top_features, 1)]
+    order = [j for j in np.argsort(-mean_abs, kind="stable")[: max(config.top_features, 1)] if mean_abs[j] > 0]
     top_rows = [
         {
             "rank": r + 1,
@@ -756,6 +759,25 @@ def _write_nn(
                 )
 
 
+#: File name patterns this module writes (and removes before a new run, so no stale model lingers).
+ARTEFACT_PATTERNS = (
+    MANIFEST, "shap_summary_*.png", "shap_bar_*.png", "*_top_features.csv", "*_top_features.json",
+    "*_nn_mapping.csv", "*_false_positives.jsonl", "*_false_negatives.jsonl", "*_per_error_case.csv",
+    "*_metrics.json", "*_shap_skipped.txt",
+)
+
+
+def clear_previous(out_dir: Path) -> int:
+    """Delete the artefacts of an earlier run in ``out_dir`` (only files matching our patterns)."""
+    n = 0
+    for pattern in ARTEFACT_PATTERNS:
+        for path in out_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+                n += 1
+    return n
+
+
 def explain_all(
     models: Sequence[ModelInput],
     data: ExplainData,
@@ -768,6 +790,9 @@ def explain_all(
 ) -> dict[str, Any]:
     """Explain every model into ``out_dir`` and write ``explain_manifest.json``; returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = clear_previous(out_dir)
+    if removed:
+        logger.info("removed %d artefacts of a previous `lo2 explain` run from %s", removed, out_dir)
     t0 = time.perf_counter()
     reports = [explain_model(m, data, config, out_dir, canary, progress) for m in models]
     test = data.rows("test")

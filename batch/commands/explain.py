@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,11 +239,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     }
                 return matrices[fp]
 
-            def model_input(spec: Any, kind: str) -> tuple[Any, list[str]]:
-                """The bundle's input matrix and its column names (the same code as training)."""
+            def model_input(spec: Any, kind: str, stored: Sequence[str] = ()) -> tuple[Any, list[str]]:
+                """The bundle's input matrix and its column names.
+
+                A bundle that lists its feature columns gets exactly those columns of ``X`` (by
+                name), so a change of the default column choice in newer code cannot shift them.
+                """
                 got = featurized(spec)
                 fm = got["fm"]
                 base, _, extra = kind.partition("+")
+                if stored and base != "tokens" and not extra:
+                    pos = {n: j for j, n in enumerate(fm.feature_names)}
+                    missing = [n for n in stored if n not in pos]
+                    if missing:
+                        msg = f"bundle columns {missing[:5]} are not produced by its feature spec with this code"
+                        raise ConfigError(msg)
+                    return fm.X[:, [pos[n] for n in stored]], list(stored)
                 if base == "tokens":
                     names = list(fm.token_feature_names) + [f"canary:{c}" for c in extra.split(",") if c]
                 else:
@@ -267,7 +279,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 msg = "nothing to explain: --skip-if without --sup-models"
                 raise ConfigError(msg)
             for b in loaded:
-                X, names = model_input(b.feature_spec, b.input_kind)
+                X, names = model_input(b.feature_spec, b.input_kind, b.feature_names)
                 mi = ModelInput(b.model_key, b.name or "retrained here (--retrain)", dict(b.detectors),
                                 dict(b.thresholds), X, names)
                 if b.model_key == "canary" and canary is None:
