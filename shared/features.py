@@ -150,6 +150,18 @@ class FeatureSpec:
     def n_features(self) -> int:
         return len(self.feature_names)
 
+    def feature_groups(self) -> dict[str, list[int]]:
+        """Column indices of ``X`` by name prefix: ``tpl``, ``share``, ``level``, ``err``, ``rate``.
+
+        For models that should see only part of the vector, e.g. an IsolationForest on the
+        aggregates (``share`` + ``level`` + ``rate``): per-template shares follow the traffic mix
+        of a run, which adds noise for a detector trained on ``correct`` only (docs/features.md).
+        """
+        groups: dict[str, list[int]] = {}
+        for j, name in enumerate(self.feature_names):
+            groups.setdefault(name.split(":", 1)[0], []).append(j)
+        return groups
+
     def token_feature_names(self) -> list[str]:
         """Names of the ``X_tokens`` columns: ``tok:<a training token hashed there>`` or ``tok:#i``."""
         return [f"tok:{self.token_names[i]}" if i in self.token_names else f"tok:#{i}" for i in range(self.hash_dims)]

@@ -280,6 +280,10 @@ def test_feature_names_are_readable_and_bounded(spec: FeatureSpec) -> None:
     assert "rate:error_code_events" in names and "share:rare_or_unseen_template" in names
     for forbidden in ("XNIO", "task-", "hz._", "LO2_run", "correct", ERROR_CASE, "thread"):
         assert not any(forbidden in n for n in names), forbidden
+    groups = spec.feature_groups()
+    assert set(groups) == {"tpl", "share", "level", "err", "rate"}
+    assert sorted(j for idx in groups.values() for j in idx) == list(range(spec.n_features))
+    assert [names[j] for j in groups["level"]] == [f"level:{lv}" for lv in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")]
     small = fit_feature_spec(make_events(seed=5, n_req=40), top_templates=3, hash_dims=64)
     assert sum(n.startswith("tpl:") for n in small.feature_names) == 3 + 1  # top 3 + "(other templates)"
     assert len(small.token_feature_names()) == 64
