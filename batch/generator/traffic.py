@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -77,8 +78,18 @@ def validate(value: str, whole: str, where: str, validator: str = _TV) -> str:
     return suffix("DEBUG", validator, "debug", f"validate( {value}, {whole}, {where})")
 
 
+_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')
+
+
+def quote(value: str) -> str:
+    """JSON string literal; the common case (no quote, backslash or control char) without json."""
+    if _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return json.dumps(value, ensure_ascii=False)
+
+
 def validate_str(value: str, where: str) -> str:
-    q = json.dumps(value, ensure_ascii=False)
+    q = quote(value)
     return validate(q, q, where)
 
 
