@@ -472,7 +472,7 @@ def format_storage(
 # --------------------------------------------------------------------------------------------------
 
 
-def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, also when an event loop already runs here."""
     try:
         asyncio.get_running_loop()
@@ -519,7 +519,7 @@ async def describe_cluster(bootstrap: str, *, timeout_s: float = 5.0) -> Cluster
 
 def probe(bootstrap: str, *, timeout_s: float = 5.0) -> ClusterInfo:
     """Sync wrapper of :func:`describe_cluster`; raises BrokerError when nothing answers."""
-    return _run_sync(lambda: describe_cluster(bootstrap, timeout_s=timeout_s))
+    return run_sync(lambda: describe_cluster(bootstrap, timeout_s=timeout_s))
 
 
 def _tcp_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
