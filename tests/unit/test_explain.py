@@ -343,3 +343,16 @@ def test_explain_model_writes_consistent_artefacts(tmp_path: Path) -> None:
     assert nn.height == 3 * info["nn"]["anomalies"]
     assert set(nn["normal_seq_id"].to_list()) <= {f"s{i:03d}" for i in range(n_train)}
     assert not (tmp_path / "rarity_nn_mapping.csv").exists()
+
+
+def test_explanation_fits_the_anomaly_record_schema(state: ExplainerState, normals: np.ndarray) -> None:
+    """The worker's anomaly record (shared.records, extra fields forbidden) accepts model_dump()."""
+    from shared.records import Explanation as RecordExplanation
+
+    x = np.median(normals, axis=0)
+    x[5] += 9.0
+    expl = SequenceExplainer(state).explain(x, ["ERROR c.n.X m - password=hunter2"], top_k=3)
+    rec = RecordExplanation.model_validate(expl.model_dump())
+    assert rec.top_features[0].feature == "tpl_5" and rec.top_features[0].name == LABELS[5]
+    assert rec.nearest_normal is not None and rec.nearest_normal.seq_id.startswith("seq")
+    assert rec.evidence == ["ERROR c.n.X m - password=***"]
