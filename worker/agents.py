@@ -250,7 +250,7 @@ class StreamEngine:
             if s not in self.pending:
                 changes.append(StateChange(part, "p|" + "|".join(s), None))
         for tp in self.offsets_dirty:
-            changes.append(StateChange(tp[1], f"o|{tp[0]}|{tp[1]}", {"offset": self.offsets[tp]}))
+            changes.append(StateChange(tp[1], f"o|{tp[0]}|{tp[1]}", {"p": tp[1], "offset": self.offsets[tp]}))
         self.pending_dirty.clear()
         self.pending_deleted.clear()
         self.offsets_dirty.clear()

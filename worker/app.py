@@ -240,7 +240,7 @@ def create_app(
     )
     parts = settings.topic_partitions
     input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, partitions=parts)
-    app.Table(STATE_TABLE, default=None, partitions=parts, key_type=str, value_type=dict,
+    app.Table(STATE_TABLE, default=None, partitions=parts, key_type=str, value_type=None,
               help="open sequences, held-back events and processed offsets")
 
     runtime = WorkerRuntime(app=app, engine=engine, metrics=metrics, watcher=watcher, settings=settings)
