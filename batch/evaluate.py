@@ -645,3 +645,61 @@ def write_results(result: EvaluationResult, out_dir: Path) -> dict[str, Path]:
 
 def registry_keys() -> list[str]:
     return list(REGISTRY)
+
+
+def _summary_from(data: Mapping[str, Any]) -> MetricSummary:
+    def f(v: Any) -> float:
+        return math.nan if v is None else float(v)
+
+    return MetricSummary(f(data["mean"]), f(data["std"]), int(data["n"]), tuple(f(v) for v in data["values"]), data.get("reason"))
+
+
+def read_results(out_dir: Path) -> EvaluationResult:
+    """Rebuild a result from ``results.json`` + ``scores.parquet`` (to re-draw a report without refitting)."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"no evaluation results at {path}; run `lo2 evaluate --out {out_dir}` first")
+    data = json.loads(path.read_text())
+    if data.get("schema") != "lo2.evaluation.v1":
+        raise ConfigError(f"{path}: schema {data.get('schema')!r}, expected 'lo2.evaluation.v1'")
+    cfg = dict(data["config"])
+    for key in ("models", "seeds", "labels", "precision_at", "fp_alphas"):
+        cfg[key] = tuple(cfg[key])
+    cfg["services"] = tuple(cfg["services"]) if cfg.get("services") else None
+    cfg["fractions"] = tuple(cfg["fractions"])
+    config = EvaluationConfig(**cfg)
+    rows = [
+        ResultRow(
+            r["model"], r["label"], r["service"], r["n_test"], r["n_anomalous"],
+            {k: _summary_from(v) for k, v in r["metrics"].items()},
+            {k: _summary_from(v) for k, v in r["canary"].items()},
+        )
+        for r in data["rows"]
+    ]
+    cases = [
+        CaseRow(c["model"], c["label"], c["test_case"], c["target_service"], c["n_positive"], c["caught"],
+                c["missed"], _summary_from(c["recall"]))
+        for c in data["cases"]
+    ]
+    scores: list[ScoreSet] = []
+    scores_path = Path(out_dir) / "scores.parquet"
+    if scores_path.is_file():
+        frame = pl.read_parquet(scores_path)
+        for (model, label, seed), part in frame.group_by("model", "label", "seed", maintain_order=True):
+            scores.append(
+                ScoreSet(str(model), str(label), int(str(seed)), float(part["threshold"][0]),
+                         part["y"].to_numpy().astype(bool), part["score"].to_numpy(),
+                         part["service"].to_numpy(), part["test_case"].to_numpy())
+            )
+    return EvaluationResult(
+        config=config,
+        splits=[RunSplit.from_dict(sp) for sp in data["splits"]],
+        rows=rows,
+        cases=cases,
+        failures=[Failure(**f) for f in data["failures"]],
+        scores=scores,
+        feature_fingerprints=list(data["feature_fingerprints"]),
+        timings_s=dict(data["timings_s"]),
+        targeted_services=tuple(data["targeted_services"]),
+        n_sequences=dict(data["n_sequences"]),
+    )

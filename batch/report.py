@@ -56,10 +56,16 @@ def _model_title(model: str) -> str:
     return {CANARY: "canary (length/duration only)", "if": "IsolationForest"}.get(model, model)
 
 
-def _style(model: str) -> dict[str, Any]:
+def _style(model: str, index: int) -> dict[str, Any]:
+    """Distinct colours for up to 20 models (tab20), solid then dash-dotted; the canary black dashed."""
     if model == CANARY:
-        return {"color": "grey", "linestyle": "--", "linewidth": 1.5}
-    return {"linewidth": 1.8}
+        return {"color": "black", "linestyle": "--", "linewidth": 1.6}
+    plt = _plt()
+    return {
+        "color": plt.get_cmap("tab20")(index % 20),
+        "linestyle": "-" if index < 10 else "-.",
+        "linewidth": 1.8,
+    }
 
 
 def _scores_by_label(result: EvaluationResult, label: str) -> list[ScoreSet]:
@@ -88,14 +94,15 @@ def plot_curves(result: EvaluationResult, label: str, out: Path) -> Path | None:
     if not sets:
         return None
     plt = _plt()
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for s in sets:
+    many = len(sets) > 6
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(16 if many else 13, 6 if many else 5.5))
+    for i, s in enumerate(sets):
         auc = float(dm.roc_auc(s.y, s.scores))  # of this seed, the one drawn (the table has the mean)
         ap = float(dm.pr_auc(s.y, s.scores))
         fpr, tpr = _roc_points(s.y, s.scores)
-        ax_roc.plot(fpr, tpr, label=f"{_model_title(s.model)}  AUC {auc:.3f}", **_style(s.model))
+        ax_roc.plot(fpr, tpr, label=f"{_model_title(s.model)}  AUC {auc:.3f}", **_style(s.model, i))
         rec, prec = _pr_points(s.y, s.scores)
-        ax_pr.step(rec, prec, where="post", label=f"{_model_title(s.model)}  AP {ap:.3f}", **_style(s.model))
+        ax_pr.step(rec, prec, where="post", label=f"{_model_title(s.model)}  AP {ap:.3f}", **_style(s.model, i))
     chance = float(sets[0].y.mean())
     ax_roc.plot([0, 1], [0, 1], color="black", linewidth=0.8, alpha=0.4)
     ax_pr.axhline(chance, color="black", linewidth=0.8, alpha=0.4, label=f"chance (anomaly share {chance:.2f})")
@@ -103,7 +110,10 @@ def plot_curves(result: EvaluationResult, label: str, out: Path) -> Path | None:
     ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+        if many:  # a legend inside would hide the curves
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
     fig.suptitle(f"Held-out test runs, seed {sets[0].seed}: {LABEL_TITLES.get(label, label)}")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

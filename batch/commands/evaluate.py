@@ -107,6 +107,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=None, help="output folder (default: <artifacts_dir>/evaluation)"
     )
     out.add_argument("--no-report", action="store_true", help="write results only, no Markdown/HTML report")
+    out.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-draw the report from results.json + scores.parquet already in --out (no fitting)",
+    )
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -136,6 +141,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from shared.errors import Lo2Error
 
     console = Console()
+    if args.report_only:
+        from batch.report import write_report
+
+        out_dir: Path = args.out or (settings.artifacts_dir / "evaluation")
+        try:
+            report = write_report(ev.read_results(out_dir), out_dir)
+        except Lo2Error as exc:
+            console.print(f"[red]evaluate --report-only failed:[/] {exc}")
+            return 2
+        console.print(f"report: {report.markdown}\nhtml: {report.html}")
+        return 0
     if args.list_models:
         for key, spec in REGISTRY.items():
             console.print(f"[bold]{key}[/] ({spec.input_kind}, {'supervised' if spec.supervised else 'unsupervised'}): {spec.description}")
@@ -169,7 +185,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             model_params=_model_params(args),
             per_service=args.per_service,
         )
-        out_dir: Path = args.out or (settings.artifacts_dir / "evaluation")
+        out_dir = args.out or (settings.artifacts_dir / "evaluation")
         if args.root is not None:
             from batch.loader import load_runs, make_selection
 

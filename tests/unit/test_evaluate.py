@@ -18,6 +18,7 @@ from batch.evaluate import (
     MetricSummary,
     evaluate,
     read_events,
+    read_results,
     run_table,
     write_results,
 )
@@ -171,6 +172,10 @@ def test_results_and_report_files(result: EvaluationResult, tmp_path: Path) -> N
         assert fig.stat().st_size > 10_000
         assert f"figures/{fig.name}" in md
     assert "<table>" in report.html.read_text()
+    # the report can be re-drawn from disk without refitting anything
+    again = read_results(tmp_path)
+    assert again.row("if", "anomaly_service").metrics["roc_auc"] == result.row("if", "anomaly_service").metrics["roc_auc"]
+    assert len(again.scores) == len(result.scores) and len(again.cases) == len(result.cases)
 
 
 def test_cli_evaluate(events_path: Path, tmp_path: Path) -> None:
