@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) kafka-jars
 
 kafka-jars: $(STAMP)
-	$(BIN)/lo2 kafka fetch
+	$(BIN)/lo2 kafka fetch --optional
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -25,9 +26,11 @@ from typing import Any
 import faust
 
 from shared.settings import Settings
-from tests.plugins.kafka import FAST_FAUST_SETTINGS
 from worker import broker
 from worker.topics import ensure_topics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not an installed package
+from tests.plugins.kafka import FAST_FAUST_SETTINGS  # noqa: E402
 
 BASELINE: dict[str, Any] = {
     "store": "memory://",
