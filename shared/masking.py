@@ -90,7 +90,7 @@ RULES: tuple[MaskRule, ...] = (
     ),
     MaskRule(
         "json_value",
-        r"(\"[^\"\s]+\"\s*:\s*)(?:\"(?:[^\"\\]|\\.)*\"|-?[0-9][0-9.eE+-]*|true|false|null)",
+        r"(\"[^\"\s]+\"\s*:\s*)(?:\"[^\"\\]*(?:\\.[^\"\\]*)*\"|-?[0-9][0-9.eE+-]*|true|false|null)",
         "${1}" + VALUE,
     ),
     # The same inside a logged string (escaped JSON):  {\"password\":\"x\"}
@@ -148,9 +148,12 @@ class _Guard:
     all_of: tuple[str, ...] = ()
     min_len: int = 0
     repeat: bool = False
+    key_value_ci: tuple[str, ...] = ()
 
     def may_match(self, text: str) -> bool:
         if len(text) < self.min_len:
+            return False
+        if self.key_value_ci and not _has_key_value(text.lower(), self.key_value_ci):
             return False
         if self.any_of and not any(s in text for s in self.any_of):
             return False
@@ -162,6 +165,21 @@ class _Guard:
         return True
 
 
+def _has_key_value(low: str, words: tuple[str, ...]) -> bool:
+    """Does one of ``words`` occur followed by optional whitespace and ``=`` or ``:``?"""
+    n = len(low)
+    for w in words:
+        i = low.find(w)
+        while i >= 0:
+            j = i + len(w)
+            while j < n and low[j].isspace():
+                j += 1
+            if j < n and low[j] in "=:":
+                return True
+            i = low.find(w, i + 1)
+    return False
+
+
 _DIGITS = tuple("0123456789")
 #: Why the Python path is fast: most rules cannot match most messages, and a substring test is
 #: ~100x cheaper than a regex scan (the unguarded rules cost ~240 µs per generated message).
@@ -171,8 +189,10 @@ _GUARDS: dict[str, _Guard] = {
     "email": _Guard(any_of=("@",)),
     "url_query_value": _Guard(all_of=("=",), any_of=("?", "&")),
     "http_status": _Guard(any_of_ci=("status", "error code"), any_of=_DIGITS),
+    # every key of the rule ends with one of these words, and the rule needs [=:] right after the key
     "secret_key_value": _Guard(
-        any_of=("=", ":"), any_of_ci=("password", "secret", "token", "code", "authorization", "jwt")
+        any_of=("=", ":"),
+        key_value_ci=("password", "confirm", "secret", "token", "verifier", "challenge", "code", "authorization", "jwt"),
     ),
     "json_status": _Guard(any_of=('"status',)),
     "json_constant": _Guard(any_of=('"code"', '"message"', '"severity"')),
