@@ -365,12 +365,14 @@ def pick_evidence(lines: Sequence[tuple[str, str, str]], templates: Sequence[str
             if i not in chosen and pattern.search(match_form):
                 chosen.append(i)
                 break
+    seen = {lines[i][1] for i in chosen}
     for wanted in (("ERROR", "FATAL"), ("WARN",), None):
-        for i, (level, _, _) in enumerate(lines):
+        for i, (level, match_form, _) in enumerate(lines):
             if len(chosen) >= n:
                 break
-            if i not in chosen and (wanted is None or level in wanted):
-                chosen.append(i)
+            if i not in chosen and match_form not in seen and (wanted is None or level in wanted):
+                chosen.append(i)  # exact repeats of a chosen line are skipped: they tell nothing new
+                seen.add(match_form)
     return [_short(redact(lines[i][2])) for i in sorted(chosen)]
 
 

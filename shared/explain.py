@@ -335,6 +335,20 @@ def build_explainer_state(
 
 
 _LEVEL_PREFIX = "level:"
+#: Readable names of the aggregate columns of ``shared.features`` (others fall back to their name).
+_AGGREGATE_LABELS = {
+    "tpl:(other templates)": "share of events of other (non-top) templates",
+    "share:rare_template": "share of events of rare templates",
+    "share:unseen_template": "share of events of templates never seen in training",
+    "share:rare_or_unseen_template": "share of events of rare or unseen templates",
+    "share:stack_events": "share of events with a stack trace",
+    "share:failure_words": "share of events with failure words (exception, error, invalid, ...)",
+    "rate:error_code_events": "share of events with a light-4j error code",
+    "rate:stack_lines_per_event": "stack-trace lines per event",
+    "rate:distinct_templates_per_100": "distinct templates per 100 events",
+    "rate:events_per_s": "events per second",
+    "err:other": "share of events with another error code",
+}
 
 
 def feature_label(name: str) -> str:
@@ -344,6 +358,8 @@ def feature_label(name: str) -> str:
     (from the light-4j status catalog); ``level:ERROR`` -> ``share of ERROR events``; token columns
     ``tok:<word>`` -> ``token '<word>'``; anything else unchanged.
     """
+    if name in _AGGREGATE_LABELS:
+        return _AGGREGATE_LABELS[name]
     if name.startswith("tpl:"):
         return name[4:]
     if name.startswith("err:"):
@@ -352,6 +368,8 @@ def feature_label(name: str) -> str:
 
         status = STATUS_CODES.get(code)
         return f"{code} {status.message}" if status is not None else f"error code {code}"
+    if name.startswith("canary:"):
+        return f"{name[7:]} (length/duration canary)"
     if name.startswith(_LEVEL_PREFIX):
         return f"share of {name[len(_LEVEL_PREFIX):]} events"
     if name.startswith("tok:"):
@@ -520,8 +538,8 @@ def select_evidence(
     ``top_templates``: ``(template_key, template_text)`` pairs or bare template texts.  An item is
     ``(template_key, line)`` or a ``SequenceAccumulator`` evidence dict (matched by key when both
     sides have one), or a bare line (matched against the template text, ``<...>`` as a wildcard).
-    The remaining slots are filled with the first other lines, so an anomaly record always carries
-    some evidence when the sequence has any.
+    The remaining slots are filled with the first other lines (skipping exact repeats), so an
+    anomaly record always carries some evidence when the sequence has any.
     """
     if max_lines <= 0:
         return []
@@ -547,12 +565,14 @@ def select_evidence(
                 chosen.append(i)
                 taken.add(i)
                 break  # one line per template first, so several templates get a say
+    texts = {lines[i][1] for i in chosen}
     for i in range(len(lines)):
         if len(chosen) >= max_lines:
             break
-        if i not in taken:
+        if i not in taken and lines[i][1] not in texts:  # repeats of one line tell nothing new
             chosen.append(i)
             taken.add(i)
+            texts.add(lines[i][1])
     return [redact(lines[i][1]) for i in sorted(chosen)]
 
 

@@ -128,6 +128,8 @@ def test_evidence_prefers_top_templates_and_is_redacted() -> None:
     assert select_evidence(keyed, [("t3", "whatever")], 1) == ["c"]
     assert select_evidence(keyed, [("zz", "nothing")], 2) == ["a", "b"]
     assert select_evidence(keyed, [("t1", "a")], 0) == []
+    repeated = ["same", "same", "same", "other"]
+    assert select_evidence(repeated, [], 3) == ["same", "other"]  # repeats tell nothing new
 
 
 def test_evidence_from_accumulator_dicts_and_readable_templates() -> None:
@@ -155,7 +157,9 @@ def test_feature_labels_are_readable() -> None:
     assert feature_label("err:ERR12007") == "ERR12007 UNAUTHORIZED_CLIENT"
     assert feature_label("level:WARN") == "share of WARN events"
     assert feature_label("tok:password") == "token 'password'"
-    assert feature_label("rate:events_per_s") == "rate:events_per_s"
+    assert feature_label("rate:events_per_s") == "events per second"
+    assert feature_label("share:stack_events") == "share of events with a stack trace"
+    assert feature_label("something:new") == "something:new"
 
     class Spec:
         top_template_ids = (5, 9)
@@ -319,6 +323,8 @@ def test_explain_model_writes_consistent_artefacts(tmp_path: Path) -> None:
         ModelInput("if", "if-b", {"all": iforest}, {"all": thr_if}, X, names),
         ModelInput("rarity", "r-b", {"all": rarity}, {"all": 0.0}, np.abs(X), names),
     ]
+    (tmp_path / "old_model_top_features.csv").write_text("stale")  # from an earlier run
+    (tmp_path / "notes.txt").write_text("mine")  # not ours: must stay
     manifest = explain_all(models, ExplainData(meta, None, "fp"), ExplainConfig(shap_sample=20, seed=1,
                            nn_models=("if",), max_list_entries=3), tmp_path)
     assert manifest["models"] == ["if", "rarity"] and manifest["n_heldout"] == n_test
@@ -343,6 +349,7 @@ def test_explain_model_writes_consistent_artefacts(tmp_path: Path) -> None:
     assert nn.height == 3 * info["nn"]["anomalies"]
     assert set(nn["normal_seq_id"].to_list()) <= {f"s{i:03d}" for i in range(n_train)}
     assert not (tmp_path / "rarity_nn_mapping.csv").exists()
+    assert not (tmp_path / "old_model_top_features.csv").exists() and (tmp_path / "notes.txt").exists()
 
 
 def test_explanation_fits_the_anomaly_record_schema(state: ExplainerState, normals: np.ndarray) -> None:
