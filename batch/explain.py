@@ -55,6 +55,8 @@ MANIFEST = "explain_manifest.json"
 LABEL_COLUMNS: Mapping[str, str] = {"paper": "anomaly", "service": "anomaly_service"}
 #: At most this many characters of one evidence line (a JSON request body can be kilobytes).
 EVIDENCE_MAX_CHARS = 300
+#: Candidate evidence lines kept per (sequence, level, logger, method) before picking.
+EVIDENCE_CANDIDATES_PER_GROUP = 25
 #: Longest feature name shown on a plot axis.
 PLOT_NAME_CHARS = 70
 ProgressFn = Callable[[str], None]
@@ -342,6 +344,12 @@ def _event_lines(events: pl.DataFrame, seq_ids: Sequence[str]) -> dict[str, list
     sub = events.filter(pl.col("seq_id").is_in(list(seq_ids))).select(have)
     if "line_no" in sub.columns:
         sub = sub.sort("seq_id", "line_no")
+    # A real sequence has ~20k lines; evidence needs one line per template, an ERROR/WARN line or the
+    # first lines.  The first few lines of each (level, logger, method) group hold all of those in
+    # practice and bound the rows read into Python to (groups x cap) per sequence.
+    sub = sub.filter(
+        pl.int_range(pl.len()).over(["seq_id", "level", "logger", "method"]) < EVIDENCE_CANDIDATES_PER_GROUP
+    )
     out: dict[str, list[tuple[str, str, str]]] = {}
     for row in sub.iter_rows(named=True):
         ts = row.get("timestamp")

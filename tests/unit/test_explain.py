@@ -363,3 +363,24 @@ def test_explanation_fits_the_anomaly_record_schema(state: ExplainerState, norma
     assert rec.top_features[0].feature == "tpl_5" and rec.top_features[0].name == LABELS[5]
     assert rec.nearest_normal is not None and rec.nearest_normal.seq_id.startswith("seq")
     assert rec.evidence == ["ERROR c.n.X m - password=***"]
+
+
+def test_per_service_models_route_rows_to_their_detector() -> None:
+    from batch.explain import ModelInput, NormalStats, attribute
+    from shared.detectors import RarityDetector
+
+    rng = np.random.default_rng(6)
+    X = np.abs(rng.normal(size=(40, 4)))
+    services = ["token"] * 20 + ["client"] * 20
+    dets = {"token": RarityDetector().fit(X[:20]), "client": RarityDetector().fit(X[20:] * 0 + 1.0)}
+    model = ModelInput("rarity", "b", dets, {"token": 0.1, "client": 0.2}, X, [f"f{j}" for j in range(4)])
+    rows = np.array([0, 25])
+    scores = model.score_rows(rows, ["token", "client"])
+    assert scores[0] == pytest.approx(dets["token"].score(X[[0]])[0])
+    assert scores[1] == pytest.approx(dets["client"].score(X[[25]])[0])
+    np.testing.assert_array_equal(model.thresholds_of(["client", "token"]), [0.2, 0.1])
+    attr = attribute(model, rows, ["token", "client"], NormalStats(X), rows, {})
+    assert attr.method == "deviation" and attr.values.shape == (2, 4)
+    with pytest.raises(ConfigError, match="no detector for service group 'user'"):
+        model.score_rows(np.array([1]), ["user"])
+    assert services[0] == "token"
