@@ -76,6 +76,10 @@ class PortInUseError(BrokerError):
     """The port the broker should listen on is taken (another broker, or a race for a free port)."""
 
 
+class MissingToolError(BrokerError):
+    """Java or Maven is not installed (or not where the settings say)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Data shapes
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ def find_tool(name_or_path: str, *, what: str, setting: str) -> str:
     """Absolute path of an executable, or a BrokerError that says what to install or set."""
     found = shutil.which(name_or_path)
     if found is None:
-        raise BrokerError(
+        raise MissingToolError(
             f"{what} not found: {name_or_path!r} is not an executable on PATH; install it "
             f"or point {setting} at it"
         )

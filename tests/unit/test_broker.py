@@ -76,14 +76,14 @@ def test_cached_jars_needs_a_complete_marker(tmp_path: Path) -> None:
 
 def test_fetch_without_maven_names_the_missing_tool(tmp_path: Path) -> None:
     settings = _settings(tmp_path, kafka_mvn="mvn-not-installed-lo2")
-    with pytest.raises(BrokerError, match=r"Maven.*mvn-not-installed-lo2.*LO2_KAFKA_MVN"):
+    with pytest.raises(broker.MissingToolError, match=r"Maven.*mvn-not-installed-lo2.*LO2_KAFKA_MVN"):
         broker.fetch_jars(settings)
     assert not broker.jar_dir(settings).exists()
 
 
 def test_fetch_without_java_names_the_missing_tool(tmp_path: Path) -> None:
     settings = _settings(tmp_path, kafka_java="java-not-installed-lo2")
-    with pytest.raises(BrokerError, match=r"Java.*java-not-installed-lo2.*LO2_KAFKA_JAVA"):
+    with pytest.raises(broker.MissingToolError, match=r"Java.*java-not-installed-lo2.*LO2_KAFKA_JAVA"):
         broker.fetch_jars(settings)
 
 

@@ -112,7 +112,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _fetch(args: argparse.Namespace, settings: Settings, console: Console) -> int:
-    from shared.errors import BrokerError
     from worker import broker
 
     cached = None if args.force else broker.cached_jars(settings)
@@ -122,13 +121,13 @@ def _fetch(args: argparse.Namespace, settings: Settings, console: Console) -> in
     try:
         with console.status(f"fetching Apache Kafka {settings.kafka_version} jars with Maven…"):
             lib = broker.fetch_jars(settings, force=args.force)
-    except BrokerError as exc:
-        if args.optional and "not found" in str(exc):
-            console.print(
-                f"[yellow]warning:[/] {exc}; skipping the jar fetch (tests will look for Docker)"
-            )
-            return EXIT_OK
-        raise
+    except broker.MissingToolError as exc:
+        if not args.optional:
+            raise
+        console.print(
+            f"[yellow]warning:[/] {exc}; skipping the jar fetch (tests will look for Docker)"
+        )
+        return EXIT_OK
     console.print(f"Kafka {settings.kafka_version}: {len(list(lib.glob('*.jar')))} jars in {lib}")
     return EXIT_OK
 
