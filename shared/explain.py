@@ -288,6 +288,7 @@ def build_explainer_state(
     feature_templates: Sequence[str | None] | None = None,
     feature_labels: Sequence[str] | None = None,
     max_reference: int = 5000,
+    max_stats_rows: int = 50_000,
     low_q: float = 0.05,
     high_q: float = 0.95,
     seed: int = 42,
@@ -298,9 +299,11 @@ def build_explainer_state(
     was trained on, rows aligned with ``seq_ids``.  ``feature_templates[j]`` is the template key of
     feature ``j`` (or ``None`` when the feature is not a template count), used to choose evidence;
     ``feature_labels[j]`` its readable name (template text, error code) shown to people.
+    Ranges and scales come from at most ``max_stats_rows`` normals; the nearest-normal reference set
+    holds at most ``max_reference`` of them (uniform samples, seeded).  For hashed token inputs
+    (thousands of columns) pass a smaller ``max_reference`` (e.g. 500) to keep the state small.
     """
-    X = _dense(X_normal)
-    n, d = X.shape
+    n, d = int(X_normal.shape[0]), int(X_normal.shape[1]) if len(X_normal.shape) > 1 else 1
     if d != len(feature_names):
         msg = f"X_normal has {d} columns but {len(feature_names)} feature names were given"
         raise ConfigError(msg)
@@ -314,10 +317,15 @@ def build_explainer_state(
         msg = f"normal-range quantiles must satisfy 0 <= low_q < high_q <= 1, got {low_q}, {high_q}"
         raise ConfigError(msg)
     templates = tuple(feature_templates) if feature_templates is not None else (None,) * d
-    scale = _feature_scale(X)
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(n, size=min(n, max_reference), replace=False))
-    reference = (X[idx] / scale).astype(np.float32)
+    # Statistics from at most max_stats_rows normals (a uniform sample beyond that): the state must
+    # be buildable from a training set of any size without densifying all of it.
+    stats_idx = np.sort(rng.choice(n, size=min(n, max_stats_rows), replace=False))
+    X = _dense(X_normal[stats_idx] if stats_idx.size < n else X_normal)
+    scale = _feature_scale(X)
+    pick = np.sort(rng.choice(stats_idx.size, size=min(stats_idx.size, max_reference), replace=False))
+    idx = stats_idx[pick]
+    reference = (X[pick] / scale).astype(np.float32)
     return ExplainerState(
         feature_names=tuple(str(f) for f in feature_names),
         low=np.quantile(X, low_q, axis=0),

@@ -384,3 +384,16 @@ def test_per_service_models_route_rows_to_their_detector() -> None:
     with pytest.raises(ConfigError, match="no detector for service group 'user'"):
         model.score_rows(np.array([1]), ["user"])
     assert services[0] == "token"
+
+
+def test_state_from_a_large_sparse_matrix_samples_instead_of_densifying_all() -> None:
+    import scipy.sparse as sp
+
+    X = sp.random(3000, 500, density=0.01, random_state=7, format="csr")
+    ids = [f"n{i}" for i in range(3000)]
+    st = build_explainer_state(X, [f"tok:{j}" for j in range(500)], ids, max_reference=100, max_stats_rows=400)
+    assert st.reference.shape == (100, 500) and st.n_normals == 3000
+    assert set(st.reference_seq_ids) <= set(ids)
+    row = X[5].toarray()[0]
+    top = SequenceExplainer(st).explain(X[5], top_k=2).top_features[0]
+    assert top.value == pytest.approx(row[int(top.feature[4:])]) and top.value > 0  # a present token
