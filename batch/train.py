@@ -65,6 +65,8 @@ class TrainConfig:
     fp_alphas: tuple[float, ...] = (0.01,)
     #: How many numeric features get a PSI reference histogram in the bundle.
     top_features: int = 10
+    #: Runs featurized per chunk (bounds peak memory; see ``featurize_in_chunks``).
+    chunk_runs: int = 8
     #: Input kind of the IsolationForest (``--if-item``) and raw columns appended (``--if-numeric``).
     if_input: str = "aggregates"
     if_extra_columns: tuple[str, ...] = ()
@@ -141,15 +143,47 @@ def split_events(events: Events, config: TrainConfig) -> RunSplit:
     return split_runs(runs, config.fractions, config.seed)
 
 
-def featurize(events: Events, split: RunSplit) -> Featurized:
+def featurize_in_chunks(events: Events, spec: Any, runs: Sequence[str], chunk_runs: int) -> Any:
+    """``featurize_events`` over ``chunk_runs`` runs at a time, stacked (rows in chunk order).
+
+    Sequences never span runs (both policies key by run), so chunking gives the same rows as one
+    call, while the peak memory is that of one chunk's events instead of all events.
+    """
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from shared.features import featurize_events
+
+    if chunk_runs < 1:
+        msg = f"chunk_runs={chunk_runs}: expected >= 1 run per featurization chunk"
+        raise ConfigError(msg)
+    ordered = list(runs)
+    parts = [
+        featurize_events(events.filter(pl.col("run").is_in(ordered[i : i + chunk_runs])), spec)
+        for i in range(0, len(ordered), chunk_runs)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return dataclasses.replace(
+        parts[0],
+        meta=pl.concat([p.meta for p in parts], how="vertical_relaxed"),
+        X=np.vstack([p.X for p in parts]),
+        X_tokens=sp.vstack([p.X_tokens for p in parts]).tocsr(),
+    )
+
+
+def featurize(events: Events, split: RunSplit, chunk_runs: int = 8) -> Featurized:
     """Fit the feature spec on the training runs' events; featurize every sequence with it.
 
-    ``events`` may be lazy: the feature code then streams it instead of holding every event.
+    ``events`` may be lazy (``pl.scan_parquet``): only ``chunk_runs`` runs' events are featurized
+    at a time, so memory stays flat as the number of runs grows.
     """
-    from shared.features import canary_features, featurize_events, fit_feature_spec
+    from shared.features import canary_features, fit_feature_spec
 
     spec = fit_feature_spec(events.filter(pl.col("run").is_in(list(split.train_runs))))
-    matrix = featurize_events(events, spec)
+    runs = [*split.train_runs, *split.validation_runs, *split.test_runs]
+    matrix = featurize_in_chunks(events, spec, runs, chunk_runs)
     meta = split.label(matrix.meta)
     return Featurized(
         split=split,
@@ -405,7 +439,7 @@ def train(events: Events, config: TrainConfig, progress: ProgressFn | None = Non
     split = split_events(events, config)
     if progress:
         progress("featurize")
-    data = featurize(events, split)
+    data = featurize(events, split, config.chunk_runs)
     bundles: dict[str, ModelBundle] = {}
     for key in config.models:
         if progress:

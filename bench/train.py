@@ -2,8 +2,9 @@
 
 Prints, for 10 / 20 / 40 / 80 generated v2 runs (the scaling curve):
 
-* featurization throughput of ours (events/s and sequences/s of ``featurize_events``; the feature
-  spec fitted on the training runs is timed separately),
+* featurization throughput of ours (events/s and sequences/s of ``featurize_events`` over
+  ``settings.train_chunk_runs`` runs at a time, as ``lo2 train`` does; the feature spec fitted on
+  the training runs is timed separately),
 * IsolationForest training time (``batch.train.fit_model`` for ``if``: fit, validation
   threshold, test metrics),
 * peak RSS of the whole measurement (each size runs in a fresh child process so its ``ru_maxrss``
@@ -92,11 +93,19 @@ def events_for(base: Path, runs_root: Path, n_runs: int) -> Path:
 def child_ours(events_path: Path, seed: int) -> dict[str, float]:
     """Split, fit spec, featurize, train the IF; events are scanned lazily (streamed)."""
     import polars as pl
+    import scipy.stats  # noqa: F401
     import sklearn.ensemble  # noqa: F401  (import cost is not training time; LogLead's child has it loaded)
 
     from batch.registry import get_spec
-    from batch.train import Featurized, TrainConfig, fit_model, make_inputs, split_events
-    from shared.features import canary_features, featurize_events, fit_feature_spec
+    from batch.train import (
+        Featurized,
+        TrainConfig,
+        featurize_in_chunks,
+        fit_model,
+        make_inputs,
+        split_events,
+    )
+    from shared.features import canary_features, fit_feature_spec
 
     config = TrainConfig(models=("if",), seed=seed)
     lf = pl.scan_parquet(events_path)
@@ -105,7 +114,8 @@ def child_ours(events_path: Path, seed: int) -> dict[str, float]:
     split = split_events(lf, config)
     spec = fit_feature_spec(lf.filter(pl.col("run").is_in(list(split.train_runs))))
     t1 = time.perf_counter()
-    matrix = featurize_events(lf, spec)
+    matrix = featurize_in_chunks(lf, spec, [*split.train_runs, *split.validation_runs, *split.test_runs],
+                                 Settings().train_chunk_runs)
     t2 = time.perf_counter()
     data = Featurized(split, spec, split.label(matrix.meta),
                       make_inputs(matrix.X, matrix.X_tokens, canary_features(matrix.meta)[0], matrix.feature_names),

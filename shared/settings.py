@@ -241,6 +241,13 @@ class Settings(BaseSettings):
         default=True, description="Keep a rejected challenger bundle on disk (its decision record names it)."
     )
 
+    # --- training (`lo2 train`, batch/train.py; owner: training) ------------------------------------
+    train_chunk_runs: int = Field(
+        default=8,
+        ge=1,
+        description="Runs featurized at a time by `lo2 train` (sequences never span runs, so this only bounds peak memory).",
+    )
+
 
 def get_settings() -> Settings:
     """Build the settings from the environment (call once per entry point)."""

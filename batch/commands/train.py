@@ -288,13 +288,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             fp_alphas=(args.report_fp_alpha,),
             if_input=IF_ITEMS[args.if_item],
             if_extra_columns=tuple(extra),
+            chunk_runs=settings.train_chunk_runs,
         )
         events = filter_services(events, config.services)
         split = split_events(events, config)
         console.print(f"runs: {len(split.train_runs)} train, {len(split.validation_runs)} validation, "
                       f"{len(split.test_runs)} test (by run epoch)")
         with console.status("featurizing (spec fitted on training runs only)"):
-            data: Featurized = featurize(events, split)
+            data: Featurized = featurize(events, split, config.chunk_runs)
         out_dir = args.predictions_dir or settings.artifacts_dir / "train"
         if args.save_enhancers:
             path = _save_features(data, out_dir)

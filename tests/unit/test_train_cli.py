@@ -193,3 +193,19 @@ def test_threshold_calibration_survives_tied_scores() -> None:
     tied = np.r_[np.zeros(95), np.linspace(0.5, 1.0, 5)]  # Rarity/OOV: most normals score exactly 0
     threshold = calibrate_threshold(tied, 0.5)
     assert threshold > 0.0 and (tied >= threshold).mean() <= 0.05 + 1e-9
+
+
+def test_chunked_featurization_equals_one_pass(events_file: Path) -> None:
+    from batch.train import featurize_in_chunks
+    from shared.features import featurize_events, fit_feature_spec
+
+    lf = pl.scan_parquet(events_file)
+    spec = fit_feature_spec(lf)
+    runs = sorted(lf.select(pl.col("run").unique()).collect()["run"].to_list())
+    whole = featurize_events(lf, spec)
+    chunked = featurize_in_chunks(lf, spec, runs, chunk_runs=5)
+    order_w = np.argsort(whole.meta["seq_id"].to_numpy())
+    order_c = np.argsort(chunked.meta["seq_id"].to_numpy())
+    assert chunked.meta.height == whole.meta.height
+    np.testing.assert_array_equal(chunked.X[order_c], whole.X[order_w])
+    assert (chunked.X_tokens[order_c] != whole.X_tokens[order_w]).nnz == 0
