@@ -224,8 +224,8 @@ class SequenceAccumulator:
     def _offer_evidence(self, event: Event, enc: EncodedEvent) -> None:
         prio = _priority(event.level, enc)
         ev = self.evidence
-        if len(ev) >= self.evidence_cap and prio <= min(e["priority"] for e in ev):
-            return  # ties keep the earliest lines
+        if len(ev) >= self.evidence_cap and (prio == 0 or prio <= min(e["priority"] for e in ev)):
+            return  # ties keep the earliest lines (priority 0 never beats a full ring: the hot path)
         line = {
             "priority": prio,
             "line_no": event.line_no,
@@ -372,6 +372,7 @@ class SequenceBuilder:
         self._windows: dict[tuple[str, str], dict[int, str]] = {}  # (run, service) -> {window start: seq id}
         self._idle_step = max(self.policy.idle_gap_ms // 4, 1)
         self._idle_tick: int | None = None
+        self._file_ids: dict[tuple[str, str, str], str] = {}  # cache of file_seq_id (a hash per event otherwise)
         for key, acc in list(self.store.items()):
             if acc.last_ms is not None:
                 self._advance(acc.run, acc.service, acc.last_ms)
@@ -389,7 +390,13 @@ class SequenceBuilder:
     def key_of(self, event: Event) -> tuple[str, int | None]:
         """(seq id, window start or None) of the sequence this event belongs to."""
         if self.policy.kind == "file":
-            return file_seq_id(event.run, event.test_case, event.service), None
+            k = (event.run, event.test_case, event.service)
+            sid = self._file_ids.get(k)
+            if sid is None:
+                if len(self._file_ids) >= 100_000:
+                    self._file_ids.clear()
+                sid = self._file_ids[k] = file_seq_id(*k)
+            return sid, None
         ws = self.policy.window_start_ms(event.timestamp_ms)
         return window_seq_id(event.run, event.service, ws), ws
 
