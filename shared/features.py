@@ -453,7 +453,7 @@ def _masked_messages(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _code_text() -> pl.Expr:
-    return pl.concat_str([pl.col("message"), pl.lit("\n"), pl.col("stack").fill_null("")])
+    return pl.concat_str([pl.col("message"), pl.lit("\n"), pl.col("stack").cast(pl.String).fill_null("")])
 
 
 def feature_options(settings: Settings) -> dict[str, Any]:
