@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from batch.explain import ExplainConfig, ExplainData, ModelInput, explain_all
+    from batch.explain import LABEL_COLUMNS, ExplainConfig, ExplainData, ModelInput, explain_all
     from batch.registry import get_spec
     from batch.splits import RunSplit
     from batch.train import input_matrix, input_names, make_inputs
@@ -292,9 +292,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 Xc, cnames = model_input(loaded[0].feature_spec, "canary")
                 is_split = meta["split"].fill_null("").to_numpy()
                 tr, va = np.flatnonzero(is_split == "train"), np.flatnonzero(is_split == "validation")
-                y_fit = meta["anomaly"].cast(pl.Boolean).fill_null(False).to_numpy()
+                y_fit = meta[LABEL_COLUMNS[args.label]].cast(pl.Boolean).fill_null(False).to_numpy()
+                normal_rows = ~meta["anomaly"].cast(pl.Boolean).fill_null(False).to_numpy()
                 det = get_spec("canary").build(seed).fit(Xc[tr], y_fit[tr].astype(int))
-                val_normal = det.score(Xc[va])[~y_fit[va]]
+                val_normal = det.score(Xc[va])[normal_rows[va]]
                 thr = dm.threshold_from_quantile(val_normal, loaded[0].threshold_quantile)
                 if thr.defined:
                     canary = ModelInput("canary", "fitted here (baseline)", {"all": det}, {"all": float(thr)}, Xc, cnames)
