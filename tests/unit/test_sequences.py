@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.errors import ConfigError, PayloadError
 from shared.parsing import file_seq_id
@@ -178,3 +180,54 @@ def test_window_end_marker_and_wall_clock_expiry() -> None:
     assert [(c.reason, c.accumulator.window_start_ms) for c in out] == [("end", T0), ("end", T0 + 10_000)]
     assert [c.accumulator.service for c in b.expire(T0 + 10_999)] == []
     assert [c.accumulator.service for c in b.expire(T0 + 11_000)] == ["user"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 120_000), st.sampled_from(["token", "user"]), st.sampled_from(["r1", "r2"])),
+        min_size=1,
+        max_size=200,
+    ),
+    st.integers(1, 30),
+    st.integers(0, 5),
+)
+def test_window_builder_loses_no_event_and_respects_window_bounds(
+    items: list[tuple[int, str, str]], window_s: int, lateness_s: int
+) -> None:
+    policy = SequencePolicy("window", window_seconds=window_s, allowed_lateness_seconds=lateness_s)
+    b = SequenceBuilder(policy, simple_encoder)
+    closed = []
+    for t, svc, run in items:  # arbitrary order: late events happen
+        closed += b.add(ev(T0 + t, svc=svc, run=run))
+    closed += b.flush()
+    assert sum(c.accumulator.n_events for c in closed) + b.stats.late_events == len(items)
+    ids = [c.seq_id for c in closed]
+    assert len(ids) == len(set(ids)), "a window was emitted twice"
+    for c in closed:
+        a = c.accumulator
+        assert a.window_start_ms is not None and a.first_ms is not None and a.last_ms is not None
+        assert a.window_start_ms <= a.first_ms <= a.last_ms < a.window_start_ms + policy.window_ms
+        assert a.seq_id == window_seq_id(a.run, a.service, a.window_start_ms)
+    if items == sorted(items):  # in event-time order nothing is late
+        assert b.stats.late_events == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 600_000), st.sampled_from(["a", "b", "c"])), min_size=1, max_size=200))
+def test_file_builder_loses_no_event(items: list[tuple[int, str]]) -> None:
+    b = SequenceBuilder(SequencePolicy("file", idle_gap_seconds=30), simple_encoder)
+    closed = []
+    for t, tc in sorted(items):
+        closed += b.add(ev(T0 + t, tc=tc))
+    closed += b.flush()
+    assert sum(c.accumulator.n_events for c in closed) == len(items)
+    by_case: dict[str, list[SequenceAccumulator]] = {}
+    for c in closed:
+        assert c.reason in ("idle", "flush")
+        by_case.setdefault(c.accumulator.test_case, []).append(c.accumulator)
+    for accs in by_case.values():  # a file is split only at a silence of at least idle_gap
+        accs.sort(key=lambda a: a.first_ms or 0)
+        for prev, nxt in zip(accs, accs[1:], strict=False):
+            assert prev.last_ms is not None and nxt.first_ms is not None
+            assert nxt.first_ms - prev.last_ms >= 30_000
