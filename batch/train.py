@@ -355,6 +355,25 @@ def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> float:
     return threshold
 
 
+def explainer_state(data: Featurized, kind: str, normal: np.ndarray, seed: int) -> Any:
+    """The per-anomaly explainer's state from the training runs' ``correct`` rows (dense inputs only).
+
+    Precomputed here once so that the worker explains an alert in milliseconds
+    (``shared.explain.explain_sequence(bundle, x)``).  Token-hash models get none: their columns
+    are hash buckets, not features a person can read.
+    """
+    from shared.explain import build_explainer_state
+
+    names = input_names(kind, data.feature_names)
+    if not names:
+        return None
+    rows = data.rows("train")
+    rows = rows[normal[rows]]
+    X = input_matrix(data.inputs, kind)[rows]
+    seq_ids = data.meta["seq_id"].to_numpy()[rows].tolist()
+    return build_explainer_state(X, names, seq_ids, seed=seed)
+
+
 # --- fitting ----------------------------------------------------------------------------------
 
 
@@ -400,6 +419,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
     features = top_feature_references(data, scores, config.top_features, spec.input_kind)
     for ref in features.values():
         ref["edges"] = [None if math.isinf(e) else e for e in ref["edges"]]
+    explainer = explainer_state(data, spec.input_kind, normal, config.seed) if not config.per_service else None
     return ModelBundle(
         model_key=spec.key,
         input_kind=spec.input_kind,
@@ -411,6 +431,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
         threshold_quantile=config.threshold_quantile,
         metrics=metrics,
         reference={"scores": score_refs, "features": features},
+        explainer_state=explainer,
         training={
             "seed": config.seed,
             "params": {**spec.defaults, **params},

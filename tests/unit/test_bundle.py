@@ -48,7 +48,10 @@ def test_round_trip_gives_identical_scores(trained: TrainResult, tmp_path: Path,
     manifest = mb.read_manifest(path)
     assert manifest["schema_version"] == mb.SCHEMA_VERSION
     assert manifest["created_at"].endswith("+00:00")
-    assert set(manifest["files"]) == {"feature_spec.json", f"detectors/{mb.ALL}.joblib"}
+    expected = {"feature_spec.json", f"detectors/{mb.ALL}.joblib"}
+    if original.explainer_state is not None:
+        expected.add(mb.EXPLAINER)
+    assert set(manifest["files"]) == expected
     assert manifest["reference"]["scores"][mb.ALL]["counts"]
     json.dumps(manifest, allow_nan=False)  # strict JSON: no NaN/Infinity for other tools
 
@@ -143,3 +146,16 @@ def test_per_service_bundle_routes_rows_and_needs_services(per_service: TrainRes
         mb.score(loaded, X)
     with pytest.raises(PayloadError, match="got service 'nope'"):
         mb.score(loaded, X[:1], ["nope"])
+
+
+def test_bundle_carries_explainer_state_for_dense_models(trained: TrainResult, tmp_path: Path) -> None:
+    from shared.explain import explain_sequence
+
+    loaded = mb.load(trained.bundles["if"].save(tmp_path / "if"))
+    assert loaded.explainer_state is not None
+    assert "explainer.joblib" in mb.read_manifest(tmp_path / "if")["files"]
+    X = _X(trained, loaded)
+    explanation = explain_sequence(loaded, X[0], top_k=3)
+    assert len(explanation.top_features) == 3
+    assert {f.name for f in explanation.top_features} <= set(loaded.feature_names)
+    assert trained.bundles["event_lr_words"].explainer_state is None  # hashed tokens: nothing readable
