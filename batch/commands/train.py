@@ -42,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--input", type=Path, default=None,
                      help="events.parquet from `lo2 load` (default: <settings parquet_dir>/events.parquet)")
     src.add_argument("--root", type=Path, default=None,
-                     help="raw LO2 run folders to load first (instead of --input); parsed with `lo2 load` defaults")
+                     help="raw LO2 run folders to load first (instead of --input); parsed with `lo2 load` "
+                     "defaults into <settings cache_dir>/train-events/")
     src.add_argument("--services", nargs="+", default=None, metavar="SERVICE",
                      help="train on these services only (default: every service in the data)")
     parser.add_argument("--phase", choices=["enhancers", "if", "full"], default="full",
@@ -102,8 +103,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _read_events(args: argparse.Namespace, settings: Settings) -> pl.LazyFrame:
     """The events as a lazy scan: featurization streams them instead of holding them all."""
-    import tempfile
-
     import polars as pl
 
     from shared.errors import ConfigError
@@ -112,12 +111,18 @@ def _read_events(args: argparse.Namespace, settings: Settings) -> pl.LazyFrame:
         msg = "give --root (raw runs) or --input (events.parquet), not both"
         raise ConfigError(msg)
     if args.root is not None:
+        import hashlib
+        import shutil
+
         from batch.loader import EVENTS_FILE, load_runs, make_selection
 
-        out = Path(tempfile.mkdtemp(prefix="lo2-train-", dir=_ensure(settings.cache_dir)))
+        # One cache folder per root (replaced on every --root run): bounded disk use, no temp litter.
+        key = hashlib.sha256(str(Path(args.root).resolve()).encode()).hexdigest()[:12]
+        out = settings.cache_dir / "train-events" / key
+        shutil.rmtree(out, ignore_errors=True)
         selection = make_selection(service_types=args.services, seed=_seed(args, settings),
                                    trim_init_lines=settings.trim_init_lines)
-        load_runs(args.root, selection, out, write_sequences=False)
+        load_runs(args.root, selection, _ensure(out), write_sequences=False)
         return pl.scan_parquet(out / EVENTS_FILE)
     path = args.input or settings.parquet_dir / "events.parquet"
     if not Path(path).is_file():

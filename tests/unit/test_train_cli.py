@@ -209,3 +209,20 @@ def test_chunked_featurization_equals_one_pass(events_file: Path) -> None:
     assert chunked.meta.height == whole.meta.height
     np.testing.assert_array_equal(chunked.X[order_c], whole.X[order_w])
     assert (chunked.X_tokens[order_c] != whole.X_tokens[order_w]).nnz == 0
+
+
+def test_train_from_raw_generated_runs_with_root(generated_v2: Path, settings: Settings) -> None:
+    # --root: raw v2 run folders are loaded with the loader first (no hard-coded input folder).
+    assert _run(["--root", str(generated_v2), "--phase", "if", "--if-n-estimators", "50",
+                 "--save-model", "--dump-metadata"], settings) == 0
+    bundles = [p for p in settings.model_dir.iterdir() if p.name.startswith("if-")]
+    assert len(bundles) == 1
+    manifest = (settings.artifacts_dir / "train" / f"{bundles[0].name}.manifest.json").read_text()
+    assert '"model_key": "if"' in manifest
+    preds = pl.read_parquet(settings.artifacts_dir / "train" / "if_predictions.parquet")
+    assert set(preds["split"].unique().to_list()) == {"train", "validation", "test"}
+    assert _run(["--root", str(generated_v2), "--load-model", str(bundles[0])], settings) == 0
+    loaded = pl.read_parquet(settings.artifacts_dir / "train" / "if_loaded_predictions.parquet")
+    joined = preds.join(loaded, on="seq_id", suffix="_loaded")
+    assert joined.height == preds.height
+    np.testing.assert_array_equal(joined["score"].to_numpy(), joined["score_loaded"].to_numpy())
