@@ -456,72 +456,83 @@ _HEAD_REGEX = LINE_REGEX.removesuffix(_MESSAGE_GROUP)
 #: ``\d`` also matches non-ASCII digits (Rust and Python); such a "time" is not a clock time, so the
 #: line counts as malformed rather than failing the batch on a cast.
 _ASCII_TIME = r"^[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3} "
-#: Passes of "two spaces -> one" over the head: runs of up to 4 spaces collapse to one (real lines
-#: have at most 3, after ``]`` on Hazelcast lines); longer runs take the exact slow path.
-_SPACE_PASSES = 2
 _FIELDS = ("thread", "correlation_id", "level", "logger", "method", "message")
 
 
 def _classified(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """Add kind, the event columns, the owning event (gid) and the event's ordinal in its file.
-
-    Between ``]`` and the message an event has `` +cid +LEVEL +logger +method - `` where no token
-    holds whitespace, so once runs of spaces are collapsed, splitting on " " gives the regex's
-    groups exactly: 5 tokens with a correlation id, 4 without (Hazelcast).  Rows whose space runs
-    are too long to collapse are marked ``_slow`` and get ``str.extract_groups(LINE_REGEX)``.
-    """
+    """Add the message, the line kind, the owning event (gid) and the event's ordinal in its file."""
     t = pl.col("text")
     head_len = t.str.len_bytes() - pl.col("message").str.len_bytes()
     is_event = (head_len > 0) & t.str.contains(_ASCII_TIME)
     kind = (
         pl.when(is_event)
         .then(pl.lit(_EVENT))
-        .when(t.str.strip_chars() == "")
+        .when(~t.str.contains(r"\S"))  # blank; a regex test allocates nothing, strip_chars would
         .then(pl.lit(_BLANK))
         .when(t.str.contains(TIME_PREFIX_REGEX))
         .then(pl.lit(_MALFORMED))
         .otherwise(pl.lit(_CONTINUATION))
         .cast(pl.Int8)
     )
-    # str.slice counts characters and str.find bytes: split at the first "]" instead (the thread
-    # cannot hold one), and cut the message off the rest, so no offsets are mixed up.
-    mid = pl.col("_rest").str.strip_suffix(pl.col("message"))
-    for _ in range(_SPACE_PASSES):
-        mid = mid.str.replace_all("  ", " ", literal=True)
-    part = pl.col("_parts").struct
-    has_cid = part.field("field_6").is_not_null()
-
-    def pick(with_cid: int) -> pl.Expr:
-        return pl.when(has_cid).then(part.field(f"field_{with_cid}")).otherwise(part.field(f"field_{with_cid - 1}"))
-
     ev = (pl.col("kind") == _EVENT).cast(pl.Int64)
     new_file = pl.col("fid") != pl.col("fid").shift(1, fill_value=-1)
     return (
         lines.with_columns(message=t.str.replace(_HEAD_REGEX, ""))
-        .with_columns(kind=kind, _bracket=t.str.splitn("]", 2))
-        .with_columns(_rest=pl.col("_bracket").struct.field("field_1"))
-        .with_columns(_mid=mid)
+        .with_columns(kind=kind)
+        .with_columns(gid=ev.cum_sum())
         .with_columns(
-            _parts=pl.col("_mid").str.split_exact(" ", 6),
-            _slow=(pl.col("kind") == _EVENT) & pl.col("_mid").str.contains("  ", literal=True),
-            gid=ev.cum_sum(),
-        )
-        .with_columns(
-            time=t.str.slice(0, 12),
-            thread=pl.col("_bracket").struct.field("field_0").str.slice(14),
-            correlation_id=pl.when(has_cid).then(part.field("field_1")),
-            level=pick(2),
-            logger=pick(3),
-            method=pick(4),
             # events before this file started, so that ordinal = events of this file up to here
-            ev_no=pl.col("gid") - pl.when(new_file).then(pl.col("gid") - ev).forward_fill(),
+            ev_no=pl.col("gid") - pl.when(new_file).then(pl.col("gid") - ev).forward_fill()
         )
-        .drop("_parts", "_mid", "_bracket", "_rest")
+    )
+
+
+def _event_fields(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Cut time, thread, correlation id, level, logger, method out of event rows (message is there).
+
+    Between ``]`` and the message an event has `` +cid +LEVEL +logger +method - `` (cid may be
+    empty) and no token holds whitespace, so its non-empty pieces split on " " are exactly the
+    regex's tokens: 5 with a correlation id, 4 without.  The loader reads them at the positions of
+    the logback layout (``]  cid LEVEL logger``, ``]   LEVEL logger``; ``INFO``/``WARN`` padded with
+    one more space) and checks that layout; a row that does not fit it is marked ``_slow`` and gets
+    ``str.extract_groups(LINE_REGEX)``.  Working on the head (the line without its message) keeps
+    every string short.
+    """
+    # str.slice counts characters and str.find bytes: split at the first "]" instead (the thread
+    # cannot hold one), and cut the message off, so no offsets are mixed up.
+    head = pl.col("text").str.strip_suffix(pl.col("message"))
+    part = pl.col("_parts").struct
+
+    def f(i: int) -> pl.Expr:
+        return part.field(f"field_{i}")
+
+    one = f(4) != ""  # one space after the level (5 letters); INFO/WARN have two
+    fits = (
+        (f(0) == "")
+        & (f(1) == "")
+        & (f(3) != "")
+        & pl.when(one)
+        .then((f(5) != "") & (f(6) == "-") & (f(7) == "") & f(8).is_null())
+        .otherwise((f(5) != "") & (f(6) != "") & (f(7) == "-") & (f(8) == ""))
+    )
+    return (
+        events.with_columns(_bracket=head.str.splitn("]", 2))
+        .with_columns(_parts=pl.col("_bracket").struct.field("field_1").str.split_exact(" ", 8))
+        .with_columns(
+            time=pl.col("text").str.slice(0, 12),
+            thread=pl.col("_bracket").struct.field("field_0").str.slice(14),
+            correlation_id=pl.when(f(2) != "").then(f(2)),
+            level=f(3),
+            logger=pl.when(one).then(f(4)).otherwise(f(5)),
+            method=pl.when(one).then(f(5)).otherwise(f(6)),
+            _slow=~fits.fill_null(False),
+        )
+        .drop("_parts", "_bracket")
     )
 
 
 def _fix_slow_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    """Parse the rare rows the fast split cannot (long runs of spaces) with the regex's own groups."""
+    """Parse the rare rows off the logback layout (odd spacing) with the regex's own groups."""
     idx = rows.select(pl.arg_where(pl.col("_slow"))).to_series()
     if idx.len() == 0:
         return rows.drop("_slow")
@@ -535,12 +546,13 @@ def _fix_slow_rows(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(**cols).drop("_slow")
 
 
-def _time_of_day_ms(time_col: pl.Expr) -> pl.Expr:
-    """``"HH:MM:SS.mmm"`` -> ms since midnight, like :func:`shared.parsing.time_of_day_ms`.
+def _hhmmssmmm(time_col: pl.Expr) -> pl.Expr:
+    """``"HH:MM:SS.mmm"`` -> the integer HHMMSSmmm: one cast instead of four slices and casts."""
+    return time_col.str.replace_all(":", "", literal=True).str.replace(".", "", literal=True).cast(pl.Int64)
 
-    One integer cast of ``HHMMSSmmm`` instead of four slices and casts (a third of the cost).
-    """
-    v = time_col.str.replace_all(":", "", literal=True).str.replace(".", "", literal=True).cast(pl.Int64)
+
+def _time_of_day_ms(v: pl.Expr) -> pl.Expr:
+    """HHMMSSmmm (a column: it is used four times) -> ms since midnight, like ``time_of_day_ms``."""
     return (v // 10_000_000) * 3_600_000 + (v // 100_000 % 100) * 60_000 + (v // 1000 % 100) * 1000 + v % 1000
 
 
@@ -604,7 +616,7 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
             "service": pl.String, "seq_id": pl.String, "anomaly": pl.Boolean, "anomaly_service": pl.Boolean,
         },
     )
-    rows = _fix_slow_rows(_classified(_lines_frame(texts)).collect())
+    rows = _classified(_lines_frame(texts)).collect()
     del texts
 
     kind = pl.col("kind")
@@ -647,13 +659,17 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
         .group_by("gid")
         .agg(stack=pl.col("text").str.join("\n"), n_stack_lines=pl.len().cast(pl.Int32))
     )
+    fields = _fix_slow_rows(
+        _event_fields(
+            rows.lazy().filter((kind == _EVENT) & kept).select("fid", "gid", "line_no", "text", "message")
+        ).collect()
+    ).drop("text")
     events = (
-        rows.lazy()
-        .filter((kind == _EVENT) & kept)
-        .select("fid", "gid", "line_no", "time", *_FIELDS)
+        fields.lazy()
         .join(stacks, on="gid", how="left", maintain_order="left")
         .join(meta.lazy(), on="fid", how="left", maintain_order="left")
-        .with_columns(_tod=_time_of_day_ms(pl.col("time")), n_stack_lines=pl.col("n_stack_lines").fill_null(0))
+        .with_columns(_v=_hhmmssmmm(pl.col("time")), n_stack_lines=pl.col("n_stack_lines").fill_null(0))
+        .with_columns(_tod=_time_of_day_ms(pl.col("_v")))
         .with_columns(timestamp=_resolve_ms(pl.col("_tod"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")))
         .select(EVENTS_SCHEMA.names + ["fid"])
         .collect()
