@@ -7,13 +7,16 @@ and record building live in :class:`worker.agents.StreamEngine`.
 
 How a batch is made durable (at-least-once without double counting):
 
-1. the agent reads a batch with ``stream.take_events`` (Faust acks those events only after the
-   loop body has finished with them);
-2. the engine folds the records in and scores the sequences they closed;
-3. output records go to the anomalies/scores/DLQ topics and the changed state (accumulators,
-   held-back events, the highest processed offset per partition) to the table's changelog, then
-   the producer is flushed;
-4. only then does the loop body return and Faust ack (and later commit) the input offsets.
+1. the agent reads batches with ``stream.noack_take`` (events are *not* acked automatically);
+2. the engine folds the records in and scores the sequences they closed; score, anomaly and DLQ
+   records go to the producer at once (latency);
+3. at a checkpoint (every ``worker_checkpoint_interval_s``, on the timer, before a rebalance) the
+   changed state (accumulators, held-back events, the highest processed offset per partition) goes
+   to the table's changelog, the producer is flushed and every record is confirmed;
+4. only then are the events acked, so the offsets Faust commits never pass the durable state.
+
+Checkpointing per interval instead of per batch is what keeps one-line records cheap: the state
+of an open sequence is written once per interval, not once per small batch.
 
 A worker killed anywhere in between restarts from the last committed offset with the state of
 the last flushed batch; records it had already folded in are recognised by their offset and skipped,
@@ -58,6 +61,11 @@ class WorkerRuntime:
     needs_restore: bool = True
     batches: int = 0
     last_model_check: float = field(default_factory=time.monotonic)
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    stream: Any = None
+    unacked: list[Any] = field(default_factory=list)
+    inflight: list[Any] = field(default_factory=list)
+    pending_changes: dict[str, StateChange] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
 
@@ -104,32 +112,57 @@ class WorkerRuntime:
             if key_partition is not None:
                 key_partition[change.key] = change.partition
 
-    async def _publish(self, outputs: Iterable[Output], changes: Iterable[StateChange]) -> None:
+    async def _send_outputs(self, outputs: Iterable[Output]) -> None:
+        """Hand score/anomaly/DLQ records to the producer now (latency); durability comes at the checkpoint."""
         s = self.settings
         producer = self.app.producer
         topics = {"anomaly": s.anomalies_topic, "score": s.scores_topic, "dlq": s.dlq_topic}
-        futures: list[tuple[asyncio.Future[Any], Output]] = []
-        for out in outputs:
-            fut = await producer.send(topics[out.kind], out.key, out.value, None, None, None)
-            futures.append((fut, out))  # type: ignore[arg-type]
-        changelog = self.table.changelog_topic.get_topic_name()
-        for ch in changes:
-            self._store_put(ch)
-            value = None if ch.value is None else _json_bytes(ch.value)
-            fut = await producer.send(changelog, _json_bytes(ch.key), value, ch.partition, None, None)
-            futures.append((fut, None))  # type: ignore[arg-type]
-        if not futures:
-            return
-        await producer.flush()
-        await asyncio.gather(*(f for f, _ in futures))
         now_ms = time.time() * 1000
-        for _, out in futures:
-            if out is not None and out.kind != "dlq" and out.source_ms is not None:
+        for out in outputs:
+            self.inflight.append(await producer.send(topics[out.kind], out.key, out.value, None, None, None))
+            if out.kind != "dlq" and out.source_ms is not None:
                 self.metrics.end_to_end_seconds.observe(max(0.0, (now_ms - out.source_ms) / 1000))
+
+    async def checkpoint(self) -> None:
+        """Make everything so far durable, then ack the input (see the module docstring).
+
+        Writes the changed state (latest value per key) to the changelog, waits until the broker
+        has every output and state record, and only then acks the consumed events, so the offsets
+        Faust commits never run ahead of the state a restarted worker resumes from.
+        """
+        if self.pending_changes:
+            producer = self.app.producer
+            changelog = self.table.changelog_topic.get_topic_name()
+            for ch in self.pending_changes.values():
+                self._store_put(ch)
+                value = None if ch.value is None else _json_bytes(ch.value)
+                self.inflight.append(await producer.send(changelog, _json_bytes(ch.key), value, ch.partition, None, None))
+            self.pending_changes.clear()
+        if self.inflight:
+            await self.app.producer.flush()
+            await asyncio.gather(*self.inflight)
+            self.inflight.clear()
+        if self.unacked and self.stream is not None:
+            for ev in self.unacked:
+                await self.stream.ack(ev)
+            self.unacked.clear()
+        self.last_checkpoint = time.monotonic()
+
+    def _collect(self, outputs_changes: tuple[list[Output], list[StateChange]]) -> list[Output]:
+        outputs, changes = outputs_changes
+        for ch in changes:
+            self.pending_changes[ch.key] = ch
+        return outputs
+
+    def _checkpoint_due(self) -> bool:
+        return (
+            time.monotonic() - self.last_checkpoint >= self.settings.worker_checkpoint_interval_s
+            or len(self.unacked) >= self.settings.worker_checkpoint_max_records
+        )
 
     # ------------------------------------------------------------------ entry points
 
-    async def process_events(self, events: Iterable[Any]) -> None:
+    async def process_events(self, events: list[Any]) -> None:
         async with self.lock:
             self._restore_if_needed()
             engine = self.engine
@@ -138,14 +171,19 @@ class WorkerRuntime:
                 ts = msg.timestamp
                 engine.handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
                                        int(ts * 1000) if ts else None))
-            outputs, changes = engine.finish_batch()
-            await self._publish(outputs, changes)
+            self.unacked.extend(events)
+            await self._send_outputs(self._collect(engine.finish_batch()))
+            if self._checkpoint_due():
+                await self.checkpoint()
             self.batches += 1
 
     async def tick(self) -> None:
-        if not self._ready():
-            return
         async with self.lock:
+            if not self._ready():
+                # A rebalance is waiting for our in-flight events: make them durable and ack them.
+                if self.unacked or self.pending_changes:
+                    await self.checkpoint()
+                return
             self._restore_if_needed()
             now = time.monotonic()
             if now - self.last_model_check >= self.settings.model_reload_interval_s:
@@ -154,8 +192,9 @@ class WorkerRuntime:
                 if new is not None:
                     self.engine.swap_model(new)
             self.engine.tick(now)
-            outputs, changes = self.engine.finish_batch()
-            await self._publish(outputs, changes)
+            await self._send_outputs(self._collect(self.engine.finish_batch()))
+            if self.unacked or self.pending_changes or self.inflight:
+                await self.checkpoint()
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -248,7 +287,9 @@ def create_app(
 
     @app.agent(input_topic, name="lo2-sequences")
     async def sequences(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(batch_max, within=within):
+        runtime.stream = stream
+        # noack_take: the events are acked by runtime.checkpoint(), after their effects are durable.
+        async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
             await runtime.process_events(events)
 
     @app.timer(interval=settings.worker_tick_s)
@@ -256,7 +297,10 @@ def create_app(
         await runtime.tick()
 
     async def _rebalanced(*args: Any, **kwargs: Any) -> None:
-        runtime.needs_restore = True
+        # Make what we did durable (and ack it) before partitions move, then rebuild from the table.
+        async with runtime.lock:
+            await runtime.checkpoint()
+            runtime.needs_restore = True
 
     app.on_partitions_assigned.connect(_rebalanced)
     app.on_partitions_revoked.connect(_rebalanced)
