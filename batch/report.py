@@ -115,7 +115,7 @@ def plot_curves(result: EvaluationResult, label: str, out: Path) -> Path | None:
         else:
             ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
     fig.suptitle(f"Held-out test runs, seed {sets[0].seed}: {LABEL_TITLES.get(label, label)}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # keep the suptitle clear of the axes titles
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -145,8 +145,8 @@ def plot_histograms(result: EvaluationResult, label: str, out: Path) -> Path | N
         ax.legend(fontsize=7)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    fig.suptitle(f"Test score distributions: {LABEL_TITLES.get(label, label)}")
-    fig.tight_layout()
+    fig.suptitle(f"Test score distributions (seed {sets[0].seed}): {LABEL_TITLES.get(label, label)}")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.6 * rows)))  # room for the suptitle
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
