@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from batch.registry import REGISTRY, ModelSpec, available, get_spec
+from batch.registry import ModelSpec, available, get_spec
 from batch.splits import RunSplit, SplitName, SplitOrder, split_runs
 from batch.train import CANARY_COLUMNS as TRAIN_CANARY_COLUMNS
 from batch.train import Events, Featurized, featurize, filter_services, input_matrix
@@ -641,10 +641,6 @@ def write_results(result: EvaluationResult, out_dir: Path) -> dict[str, Path]:
     cases.write_csv(paths["cases"])
     scores_frame(result).write_parquet(paths["scores"])
     return paths
-
-
-def registry_keys() -> list[str]:
-    return list(REGISTRY)
 
 
 def _summary_from(data: Mapping[str, Any]) -> MetricSummary:

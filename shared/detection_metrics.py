@@ -18,7 +18,7 @@ expected, because they are bugs, not data.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -339,9 +339,26 @@ class PsiReference:
     def as_dict(self) -> dict[str, list[float] | list[int]]:
         return {"edges": list(self.edges), "counts": list(self.counts)}
 
+    def as_json_dict(self) -> dict[str, list[float | None] | list[int]]:
+        """JSON has no infinity: the open ends are written as null (what bundle manifests store)."""
+        return {"edges": [None if math.isinf(e) else e for e in self.edges], "counts": list(self.counts)}
+
     @classmethod
-    def from_dict(cls, data: dict[str, Sequence[float]]) -> PsiReference:
-        return cls(tuple(float(e) for e in data["edges"]), tuple(int(c) for c in data["counts"]))
+    def from_dict(cls, data: Mapping[str, Sequence[float | None]]) -> PsiReference:
+        """Read :meth:`as_dict` or :meth:`as_json_dict` output (null first/last edge = −inf/+inf)."""
+        raw = list(data["edges"])
+        edges: list[float] = []
+        for i, e in enumerate(raw):
+            if e is None:
+                if i not in (0, len(raw) - 1):
+                    raise ValueError(f"PSI edge {i} of {len(raw)} is null; only the first and last may be open")
+                edges.append(-math.inf if i == 0 else math.inf)
+            else:
+                edges.append(float(e))
+        counts = tuple(int(c) for c in data["counts"] if c is not None)
+        if len(counts) != len(edges) - 1:
+            raise ValueError(f"PSI reference has {len(counts)} counts for {len(edges)} edges; expected edges - 1")
+        return cls(tuple(edges), counts)
 
 
 def _bin_counts(edges: Sequence[float], sample: FloatArray) -> npt.NDArray[np.int64]:

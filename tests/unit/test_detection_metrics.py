@@ -168,6 +168,13 @@ def test_psi_reference_round_trips_and_has_infinite_ends() -> None:
     from shared.detection_metrics import PsiReference
 
     assert PsiReference.from_dict(json.loads(json.dumps(ref.as_dict()))) == ref
+    # strict JSON (bundle manifests): open ends are null and read back as -inf/+inf
+    text = json.dumps(ref.as_json_dict(), allow_nan=False)
+    assert PsiReference.from_dict(json.loads(text)) == ref
+    with pytest.raises(ValueError, match="only the first and last"):
+        PsiReference.from_dict({"edges": [None, None, 1.0, None], "counts": [1, 1, 1]})
+    with pytest.raises(ValueError, match="2 counts for 4 edges"):
+        PsiReference.from_dict({"edges": [None, 0.0, 1.0, None], "counts": [1, 1]})
 
 
 def test_ranking_metrics_keys_follow_the_reference_json() -> None:
