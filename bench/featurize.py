@@ -118,19 +118,19 @@ def real_events(settings: Settings) -> pl.DataFrame:
 
 def generated_events(work: Path, runs: int, errors_per_run: int, rate: float, seed: int) -> pl.DataFrame:
     """``lo2 generate`` + ``lo2 load`` (the real pipeline) into ``work``; returns events.parquet."""
-    gen, root, out = work / "gen", work / "root", work / "parquet"
+    gen, out = work / "gen", work / "parquet"
     lo2 = [sys.executable, "-m", "lo2"]
-    subprocess.run([*lo2, "generate", "--out", str(gen), "--runs", str(runs), "--errors-per-run", str(errors_per_run),
-                    "--rate", str(rate), "--seed", str(seed), "--force", "--no-aux-files"],
-                   check=True, capture_output=True, cwd=ROOT)
-    # load only the run folders (the loader need not know the generator's ground_truth.json)
-    root.mkdir(exist_ok=True)
-    for d in gen.iterdir():
-        if d.is_dir():
-            (root / d.name).symlink_to(d.resolve())
-    subprocess.run([*lo2, "load", "--root", str(root), "--output-dir", str(out), "--save-events",
-                    "--trim-init-lines", "0", "--head", "0"], check=True, capture_output=True, cwd=ROOT)
+    _run([*lo2, "generate", "--out", str(gen), "--runs", str(runs), "--errors-per-run", str(errors_per_run),
+          "--rate", str(rate), "--seed", str(seed), "--force", "--no-aux-files"])
+    _run([*lo2, "load", "--root", str(gen), "--output-dir", str(out), "--save-events", "--trim-init-lines", "0",
+          "--head", "0"])
     return pl.read_parquet(out / "events.parquet")
+
+
+def _run(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:4])} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
 
 
 def loglead_frame(events: pl.DataFrame) -> pl.DataFrame:

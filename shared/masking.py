@@ -25,6 +25,7 @@ hex ids and every other token that contains a digit.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -150,19 +151,34 @@ class _Guard:
     repeat: bool = False
     key_value_ci: tuple[str, ...] = ()
 
-    def may_match(self, text: str) -> bool:
-        if len(text) < self.min_len:
-            return False
-        if self.key_value_ci and not _has_key_value(text.lower(), self.key_value_ci):
-            return False
-        if self.any_of and not any(s in text for s in self.any_of):
-            return False
-        if self.all_of and not all(s in text for s in self.all_of):
-            return False
+    def predicates(self) -> tuple[Callable[[str], object], ...]:
+        """The checks as fast callables (C-level scans where possible), cheapest first."""
+        preds: list[Callable[[str], object]] = []
+        if self.min_len:
+            n = self.min_len
+            preds.append(lambda t: len(t) >= n)
+        if self.any_of:
+            if all(len(s) == 1 for s in self.any_of):
+                preds.append(re.compile("[" + re.escape("".join(self.any_of)) + "]").search)
+            else:
+                lits = self.any_of
+                preds.append(lambda t: any(s in t for s in lits))
+        for lit in self.all_of:
+            preds.append(_contains(lit))
         if self.any_of_ci:
-            low = text.lower()
-            return any(s in low for s in self.any_of_ci)
-        return True
+            lits_ci = self.any_of_ci
+            preds.append(lambda t: any(s in t.lower() for s in lits_ci))
+        if self.key_value_ci:
+            words = self.key_value_ci
+            preds.append(lambda t: _has_key_value(t.lower(), words))
+        return tuple(preds)
+
+
+def _contains(lit: str) -> Callable[[str], bool]:
+    def check(text: str) -> bool:
+        return lit in text
+
+    return check
 
 
 def _has_key_value(low: str, words: tuple[str, ...]) -> bool:
@@ -208,21 +224,25 @@ _GUARDS: dict[str, _Guard] = {
     "digit_token": _Guard(any_of=_DIGITS),
 }
 
-_COMPILED: tuple[tuple[re.Pattern[str], str, _Guard], ...] = tuple(
-    (re.compile(r.pattern), r.python_replacement, _GUARDS.get(r.name, _Guard())) for r in RULES
+_COMPILED: tuple[tuple[re.Pattern[str], str, bool, tuple[Callable[[str], object], ...]], ...] = tuple(
+    (re.compile(r.pattern), r.python_replacement, g.repeat, g.predicates())
+    for r in RULES
+    for g in (_GUARDS.get(r.name, _Guard()),)
 )
 
 
 def _mask_uncached(message: str) -> str:
     changed = True
-    for pattern, repl, guard in _COMPILED:
-        if guard.repeat and not changed:
+    for pattern, repl, repeat, preds in _COMPILED:
+        if repeat and not changed:
             continue
-        if not guard.may_match(message):
-            changed = False
-            continue
-        message, n = pattern.subn(repl, message)
-        changed = n > 0
+        for may_match in preds:
+            if not may_match(message):
+                changed = False
+                break
+        else:
+            message, n = pattern.subn(repl, message)
+            changed = n > 0
     return message
 
 
