@@ -71,6 +71,11 @@ EVENTS_SCHEMA = pa.schema(
         ("anomaly_service", pa.bool_()),
     ]
 )
+#: events.parquet columns with few distinct values per row group (dictionary + statistics).
+_EVENTS_SMALL = [
+    "run", "run_epoch", "test_case", "service", "seq_id", "line_no", "timestamp", "thread", "level",
+    "logger", "method", "n_stack_lines", "anomaly", "anomaly_service",
+]
 SEQUENCES_SCHEMA = pa.schema(
     [
         ("run", pa.large_string()),
@@ -717,11 +722,19 @@ def parse_file(
 class _ParquetStream:
     """Append batches to a Parquet file; it appears under its real name only when complete."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, *, small_columns: list[str] | None = None) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.partial")
         self.schema = schema
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        # Dictionaries and min/max statistics only pay off on low-cardinality columns; building them
+        # for message/stack/correlation_id costs ~40 % of the write and makes the file bigger.
+        self.writer = pq.ParquetWriter(
+            self.tmp,
+            schema,
+            compression="zstd",
+            use_dictionary=small_columns if small_columns is not None else True,
+            write_statistics=small_columns if small_columns is not None else True,
+        )
         self.rows = 0
 
     def write(self, df: pl.DataFrame) -> None:
@@ -792,7 +805,7 @@ def load_runs(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if write_events:
-            streams["events"] = _ParquetStream(out_dir / EVENTS_FILE, EVENTS_SCHEMA)
+            streams["events"] = _ParquetStream(out_dir / EVENTS_FILE, EVENTS_SCHEMA, small_columns=_EVENTS_SMALL)
         if write_sequences:
             streams["sequences"] = _ParquetStream(out_dir / SEQUENCES_FILE, SEQUENCES_SCHEMA)
     try:
