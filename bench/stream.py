@@ -153,7 +153,7 @@ def bare_agent_main(bootstrap: str, topic: str, expect: int) -> None:
 
 
 def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as r:  # noqa: S310
         text = r.read().decode()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
                if ln.startswith(name) and ln[len(name)] in " {")

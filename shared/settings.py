@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     )
     worker_datadir: Path = Field(default=PROJECT_ROOT / ".lo2" / "worker", description="Faust data dir (tables, rocksdb).")
     worker_web_bind: str = Field(default="0.0.0.0", description="Address the worker's web server (/metrics) binds to.")  # noqa: S104
-    worker_batch_max: int = Field(default=2000, ge=1, description="Max input records per processing batch (stream.take_events).")
+    worker_batch_max: int = Field(default=500, ge=1, description="Max input records per processing batch (stream.take_events).")
     worker_batch_within_s: float = Field(default=0.05, gt=0, description="Max wait for a batch to fill (seconds); bounds latency.")
     worker_tick_s: float = Field(default=0.5, gt=0, description="Timer interval that folds held-back events and closes idle sequences.")
     worker_pending_hold_s: float = Field(
@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout (dead worker detection).")
     worker_heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
     worker_rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer rebalance timeout.")
+    worker_yield_every_lines: int = Field(
+        default=2000, ge=1, description="Lines processed between two yields to the event loop (keeps heartbeats and /metrics live)."
+    )
     worker_checkpoint_interval_s: float = Field(
         default=1.0, gt=0, description="How often worker state is written to the changelog and input offsets acked."
     )

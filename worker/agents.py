@@ -222,6 +222,8 @@ class StreamEngine:
         self.outputs: list[Output] = []
         self.last_arrival = time.monotonic()
         self._events_in: dict[str, Any] = {}
+        self.lines_seen = 0  # lines handled since the app last yielded to the event loop
+        self._records_in = {True: metrics.records_in.labels(form="json"), False: metrics.records_in.labels(form="raw")}
         self.builder = self._new_builder()
 
     # ------------------------------------------------------------------ model / builder
@@ -278,6 +280,9 @@ class StreamEngine:
         log.info("restored %d open sequences, %d pending events, %d partition offsets (%d unreadable)",
                  len(self.store), len(self.pending), len(self.offsets), bad)
 
+    def has_changes(self) -> bool:
+        return bool(self.store.dirty or self.store.deleted or self.pending_dirty or self.pending_deleted or self.offsets_dirty)
+
     def drain_state(self) -> list[StateChange]:
         changes = self.store.drain()
         for s in self.pending_dirty:
@@ -320,9 +325,10 @@ class StreamEngine:
             self._dlq(rec, exc.reason, str(exc), rec.value)
             return
         is_json = self.cfg.input_mode == "json" or (self.cfg.input_mode == "auto" and (rec.value or b"").lstrip()[:1] == b"{")
-        self.metrics.records_in.labels(form="json" if is_json else "raw").inc()
+        self._records_in[is_json].inc()
         for err in decoded.errors:
             self._dlq(rec, err.reason, err.message, err.raw.encode("utf-8", errors="replace"), err.index)
+        self.lines_seen += len(decoded.items)
         for item in decoded.items:
             if isinstance(item, EndOfSequence):
                 self._end(item)
@@ -408,8 +414,12 @@ class StreamEngine:
 
     # ------------------------------------------------------------------ per batch
 
-    def finish_batch(self) -> tuple[list[Output], list[StateChange]]:
-        """Score what the batch closed; return the records to send and the state to persist."""
+    def finish_batch(self, *, drain: bool = True) -> tuple[list[Output], list[StateChange]]:
+        """Score what the batch closed; return the records to send and (``drain``) the state to persist.
+
+        With ``drain=False`` the changes keep accumulating until :meth:`drain_state` (the app calls
+        it once per checkpoint, so an open sequence is serialized once per checkpoint, not per batch).
+        """
         closed, self.closed = self.closed, []
         if closed:
             groups: dict[int, tuple[LoadedModel, list[ClosedSequence]]] = {}
@@ -421,7 +431,7 @@ class StreamEngine:
                     self._emit(s)
         self.metrics.open_sequences.set(len(self.store))
         outputs, self.outputs = self.outputs, []
-        return outputs, self.drain_state()
+        return outputs, self.drain_state() if drain else []
 
     def _emit(self, s: ScoredSequence) -> None:
         acc = s.closed.accumulator

@@ -130,6 +130,8 @@ class WorkerRuntime:
         has every output and state record, and only then acks the consumed events, so the offsets
         Faust commits never run ahead of the state a restarted worker resumes from.
         """
+        for ch in self.engine.drain_state():
+            self.pending_changes[ch.key] = ch
         if self.pending_changes:
             producer = self.app.producer
             changelog = self.table.changelog_topic.get_topic_name()
@@ -166,13 +168,18 @@ class WorkerRuntime:
         async with self.lock:
             self._restore_if_needed()
             engine = self.engine
+            budget = self.settings.worker_yield_every_lines
             for ev in events:
                 msg = ev.message
                 ts = msg.timestamp
                 engine.handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
                                        int(ts * 1000) if ts else None))
+                if engine.lines_seen >= budget:
+                    # Let heartbeats, the web server and the producer run between big records.
+                    engine.lines_seen = 0
+                    await asyncio.sleep(0)
             self.unacked.extend(events)
-            await self._send_outputs(self._collect(engine.finish_batch()))
+            await self._send_outputs(self._collect(engine.finish_batch(drain=False)))
             if self._checkpoint_due():
                 await self.checkpoint()
             self.batches += 1
@@ -181,7 +188,7 @@ class WorkerRuntime:
         async with self.lock:
             if not self._ready():
                 # A rebalance is waiting for our in-flight events: make them durable and ack them.
-                if self.unacked or self.pending_changes:
+                if self.unacked or self.engine.has_changes():
                     await self.checkpoint()
                 return
             self._restore_if_needed()
@@ -192,8 +199,8 @@ class WorkerRuntime:
                 if new is not None:
                     self.engine.swap_model(new)
             self.engine.tick(now)
-            await self._send_outputs(self._collect(self.engine.finish_batch()))
-            if self.unacked or self.pending_changes or self.inflight:
+            await self._send_outputs(self._collect(self.engine.finish_batch(drain=False)))
+            if self.unacked or self.inflight or self.engine.has_changes():
                 await self.checkpoint()
 
 
