@@ -261,3 +261,27 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Build the settings from the environment (call once per entry point)."""
     return Settings()
+
+
+def settings_table_markdown() -> str:
+    """The README's settings table, generated from the fields above (so docs cannot drift).
+
+    ``tests/unit/test_docs.py`` fails when the README lacks a setting; regenerate with
+    ``python -c "from shared.settings import settings_table_markdown as t; print(t())"``.
+    """
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        env = f"LO2_{name.upper()}"
+        if name == "kafka_bootstrap_servers":
+            env += " / KAFKA_BOOTSTRAP_SERVERS"
+        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        if isinstance(default, Path):
+            try:
+                default = default.relative_to(PROJECT_ROOT.parent)
+                default = f"<checkout>/../{default}" if str(default).startswith("shared") else f"<checkout>/{Path(*default.parts[1:])}"
+            except ValueError:
+                default = str(default).replace(str(Path.home()), "~")
+        shown = "" if default is None else str(default).replace("|", "\\|")
+        desc = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{env}` | `{shown}` | {desc} |")
+    return "\n".join(rows)
