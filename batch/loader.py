@@ -6,9 +6,12 @@ Why it is built this way (the LogLead ``LO2Loader`` bugs it fixes are in
 * **Deterministic**: runs are found by name and sorted by epoch (:mod:`batch.layout`); every random
   choice (error cases per run, ``--single-error-type random``) comes from the seed.
 * **Every line is parsed into columns** with the one shared definition
-  (:data:`shared.parsing.LINE_REGEX`) run by Polars/Rust over whole batches of files: no per-line
-  Python.  The date comes from the run epoch with the rule of
-  :func:`shared.parsing.resolve_timestamp_ms`, vectorised (midnight roll-over included).
+  (:data:`shared.parsing.LINE_REGEX`) run by Polars/Rust over whole batches of files, no per-line
+  Python: the regex decides what is an event and where its message starts; the other fields are
+  cut by splitting at the logback layout's separators, which tests/unit/test_loader_parity.py
+  proves equal to ``shared.parsing.parse_line`` (off-layout lines get the regex's own groups).
+  The date comes from the run epoch with the rule of :func:`shared.parsing.resolve_timestamp_ms`,
+  vectorised (midnight roll-over included).
 * **Stack traces are kept**: continuation lines are joined into the ``stack`` column of the event
   before them instead of being dropped.
 * **Bad input never aborts**: undecodable bytes become U+FFFD (the line is kept and counted),
