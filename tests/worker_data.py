@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -60,7 +61,9 @@ def load_events(root: Path, out_dir: Path, trim: int = TRIM) -> pl.DataFrame:
     return pl.read_parquet(out_dir / EVENTS_FILE)
 
 
-def build_bundle(events: pl.DataFrame, model_dir: Path, name: str = "isolation_forest-test", *, seed: int = 3) -> Path:
+def build_bundle(
+    events: pl.DataFrame, model_dir: Path, name: str = "isolation_forest-test", *, seed: int = 3, policy: Any = None
+) -> Path:
     """Train an IsolationForest on the sequences the error cases do not target and save a bundle (with explainer state)."""
     from shared.bundle import ModelBundle
     from shared.detectors import IsolationForestDetector
@@ -68,7 +71,7 @@ def build_bundle(events: pl.DataFrame, model_dir: Path, name: str = "isolation_f
     from shared.features import featurize_events, fit_feature_spec
     from shared.sequences import SequencePolicy
 
-    policy = SequencePolicy(kind="file", idle_gap_seconds=600.0)
+    policy = policy or SequencePolicy(kind="file", idle_gap_seconds=600.0)
     normal = events.filter(~pl.col("anomaly_service"))
     spec = fit_feature_spec(normal, min_support=2, top_templates=40, hash_dims=256, policy=policy)
     fm = featurize_events(events, spec)

@@ -346,6 +346,11 @@ class StreamEngine:
                 self._event(parsed, rec)
 
     def _stream(self, run: str | None, test_case: str | None, service: str) -> tuple[str, str, str]:
+        """The stream an event continues: (run, test case, service) for the file policy; for the
+        window policy (run, "", service), because its windows span test cases and an event held back
+        per test case could miss its window while the other test cases move the watermark on."""
+        if self.model.policy.kind == "window":
+            return (run if run is not None else self.cfg.live_stream, "", service)
         return (run if run is not None else self.cfg.live_stream, test_case or "", service)
 
     def _event(self, ev: LineEvent, rec: RecordIn) -> None:
@@ -459,8 +464,8 @@ class StreamEngine:
             online_score=s.online_score,
             closed_by=_CLOSED_BY[s.closed.reason],
         )
-        out_key = f"{acc.run}|{acc.test_case}|{acc.service}".encode()
-        stream = (acc.run, acc.test_case, acc.service)
+        out_key = "|".join(self._stream(acc.run, acc.test_case, acc.service)).encode()
+        stream = self._stream(acc.run, acc.test_case, acc.service)
         source_ms = self.last_record_ms.pop(stream, None) if policy == "file" else self.last_record_ms.get(stream)
         self.metrics.sequences_scored.labels(model=s.model.name, closed_by=common["closed_by"]).inc()
         if self.cfg.emit_scores:

@@ -69,6 +69,10 @@ def test_stream_scores_equal_batch_scores(world: dict[str, object], batch_lines:
     assert all(a.explanation.evidence and a.explanation.top_features for a in anomalies)
     assert {a.id for a in anomalies} <= {r.id for r in scores.values()}
     assert engine.store.data == {} and engine.pending == {}
+    normal = sum(1 for r in scores.values() if not r.is_anomaly)
+    learned = engine.metrics.registry.get_sample_value("lo2_worker_online_learned_sequences_total")
+    assert learned == normal, "River learns from the sequences the bundle did not flag, and only those"
+    assert all(r.online_score is not None and 0.0 <= r.online_score <= 1.0 for r in scores.values())
 
 
 def test_bad_records_go_to_the_dlq_and_good_ones_are_still_scored(world: dict[str, object]) -> None:
@@ -145,3 +149,45 @@ def test_hot_reload_keeps_the_old_model_when_the_new_one_is_broken(world: dict[s
     new = watcher.check(model)
     assert isinstance(new, LoadedModel) and new.version == "second"
     assert metrics.registry.get_sample_value("lo2_worker_model_info", {"model": "isolation_forest", "version": "second"}) == 1
+
+
+def test_window_policy_stream_scores_equal_batch_scores(world: dict[str, object], tmp_path: Path) -> None:
+    """Window policy: records keyed by service, no end markers; windows close by watermark or idleness."""
+    from shared import bundle as bundle_mod
+    from shared.features import featurize_events
+    from shared.sequences import SequencePolicy
+
+    events: pl.DataFrame = world["events"]  # type: ignore[assignment]
+    policy = SequencePolicy(kind="window", window_seconds=10.0, allowed_lateness_seconds=1.0, idle_gap_seconds=30.0)
+    bundle_dir = build_bundle(events, tmp_path, "window-test", policy=policy)
+    b = bundle_mod.load(bundle_dir)
+    fm = featurize_events(events, b.feature_spec)
+    expected = {
+        (run, service, ws): float(score)
+        for (run, service, ws), score in zip(
+            fm.meta.select("run", "service", "window_start_ms").iter_rows(), bundle_mod.score(b, fm.X), strict=True
+        )
+    }
+    engine = _engine(bundle_dir)
+    stats = ReplayStats()
+    records = build_records(folder_chunks(world["root"], TRIM, stats), batch_lines=16, key_by="service",  # type: ignore[arg-type]
+                            end_markers=False, stats=stats)
+    outputs = []
+    for i, r in enumerate(records):
+        engine.handle(RecordIn(r.key, r.value, "lo2.logs", 0, i, 1))
+        if i % 40 == 0:
+            outputs.extend(engine.finish_batch()[0])
+    engine.tick(engine.last_arrival + 60.0)  # the stream went idle: fold held-back events, close the rest
+    outputs.extend(engine.finish_batch()[0])
+    got = {}
+    for o in outputs:
+        if o.kind == "score":
+            rec = ScoreRecord.model_validate_json(o.value)
+            assert rec.sequence.window_start is not None and rec.sequence.test_case is None
+            key = (rec.sequence.run, rec.service, int(rec.sequence.window_start.timestamp() * 1000))
+            assert key not in got, f"window {key} scored twice"
+            got[key] = rec.score
+    assert engine.builder.stats.late_events == 0
+    assert set(got) == set(expected)
+    for key, score in got.items():
+        assert score == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
