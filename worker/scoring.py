@@ -165,8 +165,9 @@ class Scorer:
         om = self._online_for(model)
         if om is not None:
             numeric = X if model.bundle.input_kind == "numeric" else np.vstack([vectorize(a, model.spec) for a in accs])
+            before = om.learned
             online_scores = list(om.score_and_learn(numeric, flagged))
-            self.metrics.online_learned.inc(int((~flagged).sum()))
+            self.metrics.online_learned.inc(om.learned - before)
         self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
         self.metrics.scoring_batch_size.observe(len(accs))
         rows = X if sp.issparse(X) else np.asarray(X)
