@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/explain.py
 	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/broker_start.py
+	$(BIN)/python bench/faust_rebalance.py
 
 clean:
 	rm -rf $(VENV) .lo2 .pytest_cache .mypy_cache .ruff_cache
