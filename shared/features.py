@@ -96,7 +96,11 @@ META_COLUMNS = (
     "seq_id", "run", "run_epoch", "test_case", "service", "window_start_ms",
     "n_events", "duration_s", "n_stack_lines", "anomaly", "anomaly_service",
 )
-CANARY_FEATURES = ("canary:n_events", "canary:duration_s", "canary:n_stack_lines")
+#: The raw sequence columns the leakage canary sees: length and duration ONLY.  ``n_stack_lines``
+#: was a third column once; it counts stack-trace lines, i.e. exceptions, which is the error
+#: signal itself, so a canary with it is no longer a length/duration baseline.
+CANARY_COLUMNS = ("n_events", "duration_s")
+CANARY_FEATURES = tuple(f"canary:{c}" for c in CANARY_COLUMNS)
 
 
 def hash_token(token: str, dims: int) -> int:
@@ -709,16 +713,16 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
 
 
 def canary_features(meta: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """The length/duration-only leakage canary: (n_events, duration_s, n_stack_lines) per sequence.
+    """The length/duration-only leakage canary: (n_events, duration_s) per sequence.
 
-    A detector that does no better than a model on these three numbers has learned length, not
+    A detector that does no better than a model on these two numbers has learned length, not
     behaviour (LogLead demo: ``sequence_lr_numeric`` reached accuracy 1.0 on v1 from length alone).
+    Nothing else belongs here: stack-trace line counts, for example, measure exceptions, which is
+    what the detectors are meant to find.
     """
-    missing = [c for c in ("n_events", "duration_s", "n_stack_lines") if c not in meta.columns]
+    missing = [c for c in CANARY_COLUMNS if c not in meta.columns]
     if missing:
         raise DataLayoutError(f"canary_features: meta lacks columns {missing} (has {meta.columns})")
-    x = meta.select(
-        pl.col("n_events").cast(pl.Float64), pl.col("duration_s").cast(pl.Float64), pl.col("n_stack_lines").cast(pl.Float64)
-    ).to_numpy()
+    x = meta.select(pl.col(c).cast(pl.Float64) for c in CANARY_COLUMNS).to_numpy()
     out: np.ndarray = np.ascontiguousarray(x, dtype=np.float64)
     return out, list(CANARY_FEATURES)
