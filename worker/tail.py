@@ -10,6 +10,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -45,13 +46,18 @@ def decode_anomaly(value: bytes) -> AnomalyRecord | None:
         return None
 
 
+def _hms(t: datetime) -> str:
+    return f"{t:%H:%M:%S}.{t.microsecond // 1000:03d}"
+
+
 def render(rec: AnomalyRecord) -> str:
     """A few readable lines per anomaly (all text already redacted by the worker; redacted again)."""
     seq = rec.sequence
     where = f"{seq.run}/{seq.test_case}" if seq.policy == "file" else f"window {seq.window_start:%H:%M:%S}"
     out = [
         f"[{rec.detected_at:%Y-%m-%d %H:%M:%S}Z] ANOMALY {rec.service} {where}  score {rec.score:.4f} >= {rec.threshold:.4f}"
-        f"  ({rec.event_count} events {rec.start:%H:%M:%S.%f}"[:-3] + f"..{rec.end:%H:%M:%S}, model {rec.model.name}@{rec.model.version}, id {rec.id[:12]})",
+        f"  ({rec.event_count} events {_hms(rec.start)}..{_hms(rec.end)}, model {rec.model.name}@{rec.model.version},"
+        f" closed by {rec.closed_by}, id {rec.id[:12]})",
     ]
     for f in rec.explanation.top_features:
         out.append(f"    {f.name}: {f.value:g} (normal {f.normal_low:g}..{f.normal_high:g}, contribution {f.contribution:+.3f})")

@@ -19,9 +19,11 @@ from worker.telemetry import WorkerMetrics
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, real_token_sample: Path) -> dict[str, object]:
     root = write_runs(tmp_path_factory.mktemp("runs"), real_token_sample)
-    events = load_events(root, tmp_path_factory.mktemp("parquet"))
+    parquet = tmp_path_factory.mktemp("parquet")
+    events = load_events(root, parquet)
     bundle_dir = build_bundle(events, tmp_path_factory.mktemp("models"))
-    return {"root": root, "events": events, "bundle": bundle_dir, "batch": batch_scores(events, bundle_dir)}
+    return {"root": root, "events": events, "bundle": bundle_dir, "batch": batch_scores(events, bundle_dir),
+            "parquet": parquet / "events.parquet"}
 
 
 def _run(engine: StreamEngine, root: Path, batch_lines: int, *, extra: list[RecordIn] = ()) -> list[tuple[str, bytes]]:  # type: ignore[assignment]
@@ -191,3 +193,43 @@ def test_window_policy_stream_scores_equal_batch_scores(world: dict[str, object]
     assert set(got) == set(expected)
     for key, score in got.items():
         assert score == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+
+
+def test_replay_from_events_parquet_rebuilds_lines_that_score_like_batch(world: dict[str, object]) -> None:
+    """`lo2 replay events.parquet`: lines rebuilt from the columns parse back to the same events."""
+    from worker.replay import parquet_chunks
+
+    engine = _engine(world["bundle"])  # type: ignore[arg-type]
+    records = list(build_records(parquet_chunks(world["parquet"]), batch_lines=50))  # type: ignore[arg-type]
+    for i, r in enumerate(records):
+        engine.handle(RecordIn(r.key, r.value, "lo2.logs", 0, i, 1))
+    outputs, _ = engine.finish_batch()
+    got = {}
+    for o in outputs:
+        assert o.kind != "dlq", o.value
+        if o.kind == "score":
+            rec = ScoreRecord.model_validate_json(o.value)
+            got[(rec.sequence.run, rec.sequence.test_case, rec.service)] = rec.score
+    expected: dict[tuple[str, str, str], float] = world["batch"]  # type: ignore[assignment]
+    assert set(got) == set(expected)
+    for key, score in got.items():
+        assert score == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+
+
+def test_tail_deduplicates_and_renders_redacted_text() -> None:
+    from datetime import UTC, datetime
+
+    from shared.records import Explanation, ModelRef, SequenceKey
+    from worker.tail import Deduplicator, render
+
+    dd = Deduplicator(capacity=2)
+    assert [dd.seen(x) for x in ("a", "b", "a", "c", "b", "a")] == [False, False, True, False, False, False]
+    t = datetime(2024, 6, 28, 16, 30, 27, 105000, tzinfo=UTC)
+    rec = AnomalyRecord(
+        id="x" * 32, service="token", sequence=SequenceKey(policy="file", service="token", run="r", test_case="c"),
+        start=t, end=t, event_count=3, score=0.7, threshold=0.5, model=ModelRef(name="m", version="v"),
+        closed_by="end_marker", detected_at=t,
+        explanation=Explanation(method="deviation", evidence=['validate("Basic Zjc1MjllN2U6eUlIcA==")']),
+    )
+    text = render(rec)
+    assert "16:30:27.105" in text and "r/c" in text and "Basic ***" in text and "Zjc1" not in text
