@@ -13,8 +13,9 @@ from tests.integration.worker_harness import (
     read_topic,
     replay,
     scores_by_key,
-    start_worker,
+    spawn_worker,
     wait_until,
+    wait_up,
     world,
 )
 
@@ -28,10 +29,12 @@ def test_two_workers_split_partitions_and_score_like_one(
     topics = Topics(partitions=4)
     env = base_env(kafka_bootstrap, topics)
     work = tmp_path_factory.mktemp("scale-out")
-    a = start_worker(env, w.bundle, work, name="a")
-    b = start_worker(env, w.bundle, work, name="b")
+    a = spawn_worker(env, w.bundle, work, name="a")
+    b = spawn_worker(env, w.bundle, work, name="b")
     try:
-        time.sleep(4.0)  # the second member's join rebalance (~1-3 s with the fast settings)
+        wait_up(a)
+        wait_up(b)
+        time.sleep(3.0)  # the group settles with both members (~1-3 s with the fast settings)
         replay(env, w.root, "--batch-lines", "50")
         wait_until(lambda: a.metric("lo2_worker_sequences_scored_total") + b.metric("lo2_worker_sequences_scored_total")
                    >= len(w.batch), 90, "every sequence scored by the pair", a)

@@ -142,6 +142,17 @@ class WorkerProc:
 
 
 def start_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str = "w") -> WorkerProc:
+    w = spawn_worker(env, model, workdir, name=name)
+    wait_up(w)
+    return w
+
+
+def wait_up(w: WorkerProc) -> None:
+    wait_until(lambda: _up(w), 60, f"worker on port {w.web_port} did not serve /metrics", w)
+
+
+def spawn_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str = "w") -> WorkerProc:
+    """Start ``lo2 worker`` without waiting for it (start several at once, then :func:`wait_up`)."""
     port = free_port()
     log_path = workdir / f"{name}-{port}.log"
     datadir = workdir / f"data-{name}-{port}"
@@ -149,9 +160,7 @@ def start_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str =
            "--datadir", str(datadir), "--log-level", "warn"]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    w = WorkerProc(proc, port, log_path)
-    wait_until(lambda: _up(w), 60, f"worker on port {port} did not serve /metrics", w)
-    return w
+    return WorkerProc(proc, port, log_path)
 
 
 def _up(w: WorkerProc) -> bool:
