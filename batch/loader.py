@@ -21,8 +21,11 @@ Why it is built this way (the LogLead ``LO2Loader`` bugs it fixes are in
   (zstd) with a ``pyarrow`` writer, and runs are planned one at a time, so peak memory depends on the
   batch size, not on the number of runs.  A sequence is one file, so ``sequences.parquet`` rows are
   complete within a batch.
-* **Start-up trimming** drops the first N *events* (with their stack lines) of every service log —
-  also for short files, which LogLead forgot — because in v1 those lines leak the label.
+* **Start-up trimming** is content-based by default (``trim_mode="startup"``): a container's
+  start-up output (JVM lines, events on ``main`` and on Hazelcast's start-up threads) is dropped
+  where it is, i.e. at the head of the first test of a run (``correct`` in v1, where it leaks the
+  label), and nothing else is touched.  LogLead's fork drops the first N events of *every* log
+  (``trim_mode="lines"``), which on v2 data deletes whole short sequences and cuts real traffic.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -105,6 +109,18 @@ _EXAMPLE_CHARS = 200
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 
 
+#: How the head of a service log is trimmed (see :class:`Selection`).
+TrimMode = Literal["startup", "lines", "none"]
+TRIM_MODES: tuple[str, ...] = get_args(TrimMode)
+#: ``trim_init_lines`` of the "lines" mode when none is given (LogLead fork's ``init_lines_to_skip``).
+DEFAULT_TRIM_INIT_LINES = 100
+#: Threads that serve traffic: Undertow request threads and Hazelcast partition threads (cache
+#: reads/writes caused by requests).  A start-up block ends at the first event on one of them.
+TRAFFIC_THREAD_REGEX = r"^XNIO-|\.partition-operation\."
+#: The JVM's start-up thread: light-4j's ``Server`` logs its whole start-up on it and never again.
+STARTUP_MAIN_THREAD = "main"
+_THREAD_OF_EVENT = r"^.{12} \[([^\]]*)\]"  # events only: their first 12 characters are an ASCII time
+
 #: (test_case, service) -> does the test case's error show in this service's log?
 TargetFn = Callable[[str, str], bool]
 GROUND_TRUTH_FILE = "ground_truth.json"
@@ -156,7 +172,22 @@ class Selection:
     folder name or ``"random"`` (one name drawn with the seed, used for every run); it forces one
     error case per run with duplicates allowed, and a run without that folder is skipped entirely
     (reported), as in LogLead.  ``allow_duplicates=False`` never picks an error case twice across
-    runs.  ``trim_init_lines`` drops the first N events of every service log.
+    runs.
+
+    Trimming (``trim_mode``):
+
+    * ``"startup"`` (the default): drop the *start-up block* of a log, i.e. everything before its
+      first event on a traffic thread (:data:`TRAFFIC_THREAD_REGEX`: ``XNIO-…`` request threads,
+      Hazelcast ``partition-operation`` threads), provided that head holds an event on ``main``
+      (light-4j logs its whole start-up there and nothing after).  Only a container's first test
+      has one; other logs lose nothing.  A log with start-up lines but no traffic loses everything.
+    * ``"lines"``: drop the first ``trim_init_lines`` events (with their stack lines) of every log,
+      the LogLead fork's rule (also in short files, which the fork forgot).
+    * ``"none"``: keep everything.
+
+    For compatibility, ``trim_init_lines`` given without ``trim_mode`` means ``"lines"`` (so
+    ``Selection(trim_init_lines=0)`` keeps everything, as before); neither given means
+    ``"startup"``.  After construction both fields hold their resolved values.
     """
 
     runs: int | None = None
@@ -165,14 +196,26 @@ class Selection:
     single_error_type: str | None = None
     services: tuple[str, ...] = SERVICES
     seed: int = 42
-    trim_init_lines: int = 100
+    trim_init_lines: int | None = None
+    trim_mode: TrimMode | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.services if s not in SERVICES]
         if bad or not self.services:
             raise ConfigError(f"services {list(self.services)!r}: expected one or more of {list(SERVICES)}")
-        if self.trim_init_lines < 0:
+        if self.trim_mode is not None and self.trim_mode not in TRIM_MODES:
+            raise ConfigError(f"trim_mode={self.trim_mode!r}: expected one of {list(TRIM_MODES)}")
+        if self.trim_init_lines is not None and self.trim_init_lines < 0:
             raise ConfigError(f"trim_init_lines={self.trim_init_lines}: expected 0 (off) or a positive count")
+        mode = self.trim_mode or ("lines" if self.trim_init_lines is not None else "startup")
+        n = DEFAULT_TRIM_INIT_LINES if self.trim_init_lines is None else self.trim_init_lines
+        object.__setattr__(self, "trim_mode", mode)
+        object.__setattr__(self, "trim_init_lines", n)
+
+    @property
+    def trim(self) -> tuple[TrimMode, int]:
+        """The resolved (trim_mode, trim_init_lines)."""
+        return self.trim_mode or "startup", self.trim_init_lines or 0
 
 
 def make_selection(
@@ -184,9 +227,13 @@ def make_selection(
     single_service: str | None = None,
     service_types: Sequence[str] | None = None,
     seed: int = 42,
-    trim_init_lines: int = 100,
+    trim_init_lines: int | None = None,
+    trim_mode: TrimMode | None = None,
 ) -> Selection:
-    """Build a :class:`Selection` from the LogLead-style flags (``single_service`` xor ``service_types``)."""
+    """Build a :class:`Selection` from the LogLead-style flags (``single_service`` xor ``service_types``).
+
+    Trimming defaults as in :class:`Selection`: ``trim_init_lines`` alone means ``trim_mode="lines"``.
+    """
     if single_service and service_types:
         raise ConfigError(
             f"single_service={single_service!r} and service_types={list(service_types)!r} both given; "
@@ -204,6 +251,7 @@ def make_selection(
         services=tuple(s for s in SERVICES if s in wanted),
         seed=seed,
         trim_init_lines=trim_init_lines,
+        trim_mode=trim_mode,
     )
 
 
@@ -224,6 +272,8 @@ class FileStats:
     malformed_lines: int = 0
     undecodable_lines: int = 0
     events_trimmed: int = 0
+    #: physical lines dropped by the trim (events, their stack and blank lines, JVM lines at the head)
+    lines_trimmed: int = 0
     events_written: int = 0
 
 
@@ -255,6 +305,8 @@ class LoadSummary:
     blank_lines: int = 0
     events: int = 0
     events_trimmed: int = 0
+    lines_trimmed: int = 0
+    files_trimmed: int = 0
     events_written: int = 0
     continuation_lines: int = 0
     orphan_continuation_lines: int = 0
@@ -289,6 +341,8 @@ class LoadSummary:
         self.blank_lines += stats.blank_lines
         self.events += stats.events
         self.events_trimmed += stats.events_trimmed
+        self.lines_trimmed += stats.lines_trimmed
+        self.files_trimmed += stats.lines_trimmed > 0
         self.events_written += stats.events_written
         self.continuation_lines += stats.continuation_lines
         self.orphan_continuation_lines += stats.orphan_continuation_lines
@@ -581,6 +635,37 @@ def _resolve_ms(tod: pl.Expr, run_epoch_s: pl.Expr) -> pl.Expr:
     )
 
 
+def startup_cutoffs(rows: pl.DataFrame, n_files: int) -> pl.Series:
+    """Per file (index = fid): the first line_no after its start-up block (1 = no block).
+
+    ``rows`` are the classified lines of a batch (fid, line_no, kind, ev_no, text).  Only files
+    whose first event is not on a traffic thread can have a block, so the thread is cut out of one
+    event per file, and out of every event only for those few files (a run's first test).
+    """
+    kind, text = pl.col("kind"), pl.col("text")
+    thread = text.str.extract(_THREAD_OF_EVENT, 1)
+    firsts = rows.filter((kind == _EVENT) & (pl.col("ev_no") == 1)).select(
+        "fid", traffic=thread.str.contains(TRAFFIC_THREAD_REGEX)
+    )
+    cands = firsts.filter(~pl.col("traffic"))["fid"]
+    cut = pl.Series("cut", [1] * n_files, dtype=pl.Int64)
+    if cands.len() == 0:
+        return cut
+    heads = (
+        rows.filter(pl.col("fid").is_in(cands.implode()) & (kind == _EVENT))
+        .select("fid", "line_no", thread=thread)
+        .with_columns(traffic=pl.col("thread").str.contains(TRAFFIC_THREAD_REGEX))
+        .group_by("fid")
+        .agg(
+            # no traffic at all: the whole file is start-up output
+            first_traffic=pl.col("line_no").filter(pl.col("traffic")).min().fill_null(2**31 - 1),
+            mains=pl.col("line_no").filter(pl.col("thread") == STARTUP_MAIN_THREAD).min(),
+        )
+        .filter(pl.col("mains") < pl.col("first_traffic"))
+    )
+    return cut.scatter(heads["fid"], heads["first_traffic"].cast(pl.Int64))
+
+
 @dataclass(slots=True)
 class BatchResult:
     events: pl.DataFrame
@@ -589,8 +674,13 @@ class BatchResult:
     problems: list[Problem]
 
 
-def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lines: int) -> BatchResult:
-    """Parse the raw bytes of several service logs at once into contract frames and per-file stats."""
+def parse_batch(
+    tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lines: int = 0, *, trim_mode: TrimMode = "lines"
+) -> BatchResult:
+    """Parse the raw bytes of several service logs at once into contract frames and per-file stats.
+
+    ``trim_mode`` / ``trim_init_lines`` as in :class:`Selection` (the default trims nothing).
+    """
     problems: list[Problem] = []
     # Polars checks UTF-8 itself (much cheaper than decoding to Python str and back); only a batch
     # with bad bytes takes the Python path that marks and replaces them file by file.
@@ -629,7 +719,17 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
 
     kind = pl.col("kind")
     owned = pl.col("ev_no") > 0
-    kept = pl.col("ev_no") > trim_init_lines
+    if trim_mode == "startup":
+        cut = startup_cutoffs(rows, len(tasks))
+        rows = rows.with_columns(_trim=pl.col("line_no") < cut.gather(rows["fid"]))
+    elif trim_mode == "lines" and trim_init_lines > 0:
+        rows = rows.with_columns(_trim=owned & (pl.col("ev_no") <= trim_init_lines))
+    elif trim_mode in ("lines", "none"):
+        rows = rows.with_columns(_trim=pl.lit(False))
+    else:
+        raise ConfigError(f"trim_mode={trim_mode!r}: expected one of {list(TRIM_MODES)}")
+    trimmed = pl.col("_trim")
+    kept = owned & ~trimmed
     per_file = (
         rows.group_by("fid")
         .agg(
@@ -639,7 +739,8 @@ def parse_batch(tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lin
             continuation_lines=((kind == _CONTINUATION) & owned).sum(),
             orphan_continuation_lines=((kind == _CONTINUATION) & ~owned).sum(),
             malformed_lines=(kind == _MALFORMED).sum(),
-            events_trimmed=((kind == _EVENT) & ~kept).sum(),
+            events_trimmed=((kind == _EVENT) & trimmed).sum(),
+            lines_trimmed=trimmed.sum(),
             events_written=((kind == _EVENT) & kept).sum(),
         )
         .sort("fid")
@@ -709,11 +810,12 @@ def parse_file(
     service: str,
     *,
     trim_init_lines: int = 0,
+    trim_mode: TrimMode = "lines",
     anomaly_service: bool = False,
 ) -> tuple[pl.DataFrame, FileStats]:
-    """Parse one service log into the events contract (for tests, tools and the worker's replay)."""
+    """Parse one service log into the events contract (for tests and tools; trims nothing by default)."""
     task = FileTask(Path(path), run, run_epoch, test_case, service, anomaly_service)
-    res = parse_batch([task], [Path(path).read_bytes()], trim_init_lines)
+    res = parse_batch([task], [Path(path).read_bytes()], trim_init_lines, trim_mode=trim_mode)
     return res.events, res.stats[0]
 
 
@@ -816,7 +918,8 @@ def load_runs(
             summary.bytes_read += sum(len(d) for d in datas)
             summary.empty_files += sum(1 for d in datas if not d)
             if tasks:
-                res = parse_batch(tasks, datas, selection.trim_init_lines)
+                mode, n = selection.trim
+                res = parse_batch(tasks, datas, n, trim_mode=mode)
                 del datas
                 for st in res.stats:
                     summary.add(st)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from shared.parsing import SERVICES
 
 if TYPE_CHECKING:
-    from batch.loader import LoadSummary
+    from batch.loader import LoadSummary, TrimMode
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of every random choice (default: settings seed, LO2_SEED)")
     parser.add_argument(
+        "--trim-mode", choices=["startup", "lines", "none"], default=None,
+        help="'startup': drop the container start-up block at the head of a log (JVM lines, events on "
+        "main and Hazelcast start-up threads before the first request or partition-operation line; only "
+        "a run's first test has one), 'lines': drop the first --trim-init-lines events of every log "
+        "(LogLead fork), 'none': keep all (default: settings trim_mode; 'lines' if only "
+        "--trim-init-lines is given)",
+    )
+    parser.add_argument(
         "--trim-init-lines", type=int, default=None, metavar="N",
-        help="drop the first N events (with their stack lines) of every service log, the start-up "
-        "lines that leak the label in v1; 0 keeps them (default: settings trim_init_lines)",
+        help="with --trim-mode lines: drop the first N events (with their stack lines) of every "
+        "service log, also in short files; 0 keeps them; given alone it implies --trim-mode lines "
+        "(default: settings trim_init_lines)",
     )
     parser.add_argument("--save-parquet", action="store_true",
                         help="write sequences.parquet (one row per service log); with neither "
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     console = Console()
     try:
+        trim_mode, trim_init_lines = _trim(args, settings)
         selection = make_selection(
             runs=args.runs,
             errors_per_run=args.errors_per_run,
@@ -97,7 +107,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             single_service=args.single_service,
             service_types=args.service_types,
             seed=settings.seed if args.seed is None else args.seed,
-            trim_init_lines=settings.trim_init_lines if args.trim_init_lines is None else args.trim_init_lines,
+            trim_init_lines=trim_init_lines,
+            trim_mode=trim_mode,
         )
         root = args.root or settings.runs_dir
         out_dir = None if args.no_save else (args.output_dir or settings.parquet_dir)
@@ -119,6 +130,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     console.print(summary_table(summary))
     _preview(console, summary, args.head)
     return 0
+
+
+def _trim(args: argparse.Namespace, settings: Settings) -> tuple[TrimMode, int]:
+    """(trim mode, N) from the flags: ``--trim-init-lines`` alone means the "lines" mode."""
+    from shared.errors import ConfigError
+
+    mode = args.trim_mode or ("lines" if args.trim_init_lines is not None else settings.trim_mode)
+    if args.trim_init_lines is not None and mode != "lines":
+        raise ConfigError(
+            f"--trim-init-lines {args.trim_init_lines} with --trim-mode {mode}: the count only applies "
+            "to --trim-mode lines"
+        )
+    n = settings.trim_init_lines if args.trim_init_lines is None else args.trim_init_lines
+    return cast("TrimMode", mode), n
 
 
 class _progress:
@@ -169,6 +194,10 @@ def summary_table(s: LoadSummary) -> object:
         ("MB read", f"{s.bytes_read / 1e6:,.1f}"),
         ("lines", s.lines),
         ("events parsed", s.events),
+        ("trim mode", f"{s.selection.get('trim_mode')}"
+         + (f" ({s.selection.get('trim_init_lines')} events)" if s.selection.get("trim_mode") == "lines" else "")),
+        ("files trimmed (start-up)", s.files_trimmed),
+        ("lines trimmed (start-up)", s.lines_trimmed),
         ("events trimmed (start-up)", s.events_trimmed),
         ("events written", s.events_written),
         ("continuation lines attached", s.continuation_lines),

@@ -18,6 +18,7 @@ from batch.layout import discover_runs
 from batch.loader import (
     EVENTS_SCHEMA,
     SEQUENCES_SCHEMA,
+    Selection,
     load_runs,
     make_selection,
     parse_file,
@@ -231,6 +232,104 @@ def test_trimming_drops_first_events_with_their_stacks_even_in_short_files(tmp_p
     assert (st.events_trimmed, st.events_written) == (1, 2)
     df, st = parse_file(p, "LO2_run_1739743201", 1739743201, "correct", "token", trim_init_lines=100)
     assert df.height == 0 and st.events_trimmed == 3  # LogLead left files of <= 100 lines untrimmed
+    assert st.lines_trimmed == 5  # the events and their stack lines
+
+
+MAIN = "[main]   INFO  com.networknt.server.Server start - {m}"
+GENERIC = "[hz._hzInstance_1_dev.generic-operation.thread-1]   DEBUG c.n.oauth.cache.ClientMapStore loadAllKeys - x"
+JVM = ["Picked up JAVA_TOOL_OPTIONS: -javaagent:/opentelemetry-javaagent.jar",
+       "[otel.javaagent 2025-02-13 00:55:36:100 +0000] [main] INFO io.opentelemetry - version: 1.32.1"]
+
+
+def test_startup_mode_drops_the_head_up_to_the_first_traffic_line(tmp_path: Path) -> None:
+    run = "LO2_run_1739743201"
+    block = [*JVM, f"10:00:00.000 {MAIN.format(m='server starts')}", "\tat frame.of(Startup.java:1)", "",
+             f"10:00:00.001 {GENERIC}", f"10:00:00.002 {MAIN.format(m='Registry is disabled')}"]
+    traffic = [event("10:00:01.000", 1, hz=True), event("10:00:01.001", 2), "\tat x",
+               f"10:00:02.000 {MAIN.format(m='not start-up: after traffic')}"]
+    p = write_log(tmp_path, run, "correct", "token", block + traffic)
+    df, st = parse_file(p, run, 1739743201, "correct", "token", trim_mode="startup")
+    assert df["line_no"].to_list() == [len(block) + 1, len(block) + 2, len(block) + 4]
+    assert (st.lines_trimmed, st.events_trimmed, st.events_written) == (len(block), 3, 3)
+    assert df["stack"].to_list() == [None, "\tat x", None]
+    # the same file without the block: nothing to trim
+    p2 = write_log(tmp_path, run, "other", "token", traffic)
+    assert parse_file(p2, run, 1739743201, "other", "token", trim_mode="startup")[1].lines_trimmed == 0
+    # a head on Hazelcast start-up threads without any `main` event is not a container start-up
+    p3 = write_log(tmp_path, run, "hz", "token", [f"10:00:00.001 {GENERIC}", *traffic])
+    assert parse_file(p3, run, 1739743201, "hz", "token", trim_mode="startup")[1].lines_trimmed == 0
+    # start-up output and no traffic at all: the whole log is start-up
+    p4 = write_log(tmp_path, run, "idle", "token", block)
+    df4, st4 = parse_file(p4, run, 1739743201, "idle", "token", trim_mode="startup")
+    assert df4.height == 0 and st4.lines_trimmed == st4.lines == len(block)
+
+
+def test_startup_mode_keeps_the_real_token_sample_whole(real_token_sample: Path) -> None:
+    """The real v1 fragment starts mid-traffic (a partition-operation line): nothing is start-up."""
+    df, st = parse_file(real_token_sample, "light-oauth2-data-1719592986", 1_719_592_986, "correct", "token",
+                        trim_mode="startup")
+    assert st.lines_trimmed == st.events_trimmed == 0 and df.height == st.events == 22_660
+
+
+def test_trim_defaults_and_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert Selection().trim == ("startup", 100)
+    assert make_selection().trim == ("startup", 100)
+    assert Selection(trim_init_lines=0).trim == ("lines", 0)  # the count alone: the LogLead rule
+    assert make_selection(trim_mode="none").trim == ("none", 100)
+    with pytest.raises(ConfigError, match="trim_mode"):
+        Selection(trim_mode="first")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="trim_init_lines"):
+        Selection(trim_init_lines=-1)
+    root = tmp_path / "r"
+    make_run(root, "LO2_run_1739743201", ["correct"], ("token",))
+    rc = lo2_main(["load", "--root", str(root), "--no-save", "--trim-mode", "startup", "--trim-init-lines", "5"])
+    assert rc == 2 and "--trim-init-lines" in capsys.readouterr().out
+    assert lo2_main(["load", "--root", str(root), "--no-save", "--trim-init-lines", "2", "--head", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "lines (2 events)" in out and "lines trimmed" in out
+
+
+def _startup_block_lines(path: Path) -> tuple[int, int]:
+    """(lines, timestamped lines) up to the generator's last start-up line (batch/generator/startup.py)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    last = next((i for i, line in enumerate(lines) if "Registry is disabled, service is not registered" in line), -1)
+    head = lines[: last + 1]
+    return len(head), sum(1 for line in head if line[:1].isdigit())
+
+
+def _check_startup_trim(root: Path, tmp_path: Path, first_tests: dict[str, str]) -> None:
+    """Each run's first test loses exactly its start-up block, every other log loses nothing."""
+    keep = load_runs(root, make_selection(trim_mode="none"), tmp_path / "none")
+    trim = load_runs(root, make_selection(trim_mode="startup"), tmp_path / "startup")
+    full = pl.read_parquet(tmp_path / "none" / "sequences.parquet")
+    cut = pl.read_parquet(tmp_path / "startup" / "sequences.parquet")
+    both = full.join(cut, on="seq_id", how="left", suffix="_t").with_columns(pl.col("n_events_t").fill_null(0))
+    expected_lines = 0
+    for run, case, svc, n, n_t in both.select("run", "test_case", "service", "n_events", "n_events_t").iter_rows():
+        path = next(p for p in root.glob(f"*{run.removeprefix('LO2_run_')}*/{case}/light-oauth2-oauth2-{svc}-1.log"))
+        lines, events = _startup_block_lines(path)
+        if first_tests[run] == case:
+            assert events > 100 and n - n_t == events, (run, case, svc)
+            expected_lines += lines
+        else:
+            assert lines == 0 and n_t == n, (run, case, svc)
+    assert trim.lines_trimmed == expected_lines and trim.files_trimmed == len(first_tests) * len(SERVICES)
+    assert trim.events_written == keep.events_written - trim.events_trimmed
+    ev = pl.read_parquet(tmp_path / "startup" / "events.parquet", columns=["thread", "message"])
+    assert ev.filter(pl.col("thread") == "main").height == 0
+    assert ev.filter(pl.col("message").str.contains("registered for handler chain")).height == 0
+
+
+def test_generated_v2_startup_trim_takes_exactly_the_first_tests_block(generated_v2: Path, tmp_path: Path) -> None:
+    gt = json.loads((generated_v2 / "ground_truth.json").read_text())
+    firsts = {r["run"]: r["tests"][0]["test_case"] for r in gt["runs"]}
+    assert sum(c != "correct" for c in firsts.values()) > 0  # v2: the first test is any test
+    _check_startup_trim(generated_v2, tmp_path, firsts)
+    # the fixed trim deletes whole short sequences and cuts real traffic everywhere
+    lines = load_runs(generated_v2, make_selection(trim_init_lines=100), tmp_path / "lines")
+    startup = json.loads((tmp_path / "startup" / "load_summary.json").read_text())
+    assert lines.sequences_written < startup["sequences_written"] == startup["files_read"] - startup["empty_files"]
+    assert lines.files_trimmed == lines.files_read - lines.empty_files > startup["files_trimmed"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,8 +449,10 @@ def test_generated_v1_trimming_removes_startup_lines(generated_v1: Path, tmp_pat
     untrimmed = load_runs(generated_v1, make_selection(trim_init_lines=0), tmp_path / "u")
     trimmed = load_runs(generated_v1, make_selection(trim_init_lines=100), tmp_path / "t")
     assert untrimmed.layouts == {"v1": 2} and untrimmed.test_cases_loaded == 2 * 54
-    assert trimmed.events_trimmed > 0
+    assert trimmed.events_trimmed > 0 and trimmed.selection["trim_mode"] == "lines"
     assert trimmed.events_written == untrimmed.events_written - trimmed.events_trimmed
+    # v1: the start-up block is in `correct` only (its order is fixed), where it leaked the label
+    _check_startup_trim(generated_v1, tmp_path, {r.run: "correct" for r in discover_runs(generated_v1)})
 
 
 def test_cli_load_writes_files_and_prints_the_summary(
