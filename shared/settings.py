@@ -180,6 +180,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Raw log megabytes the loader parses per batch (bounds its peak memory).",
     )
+    trim_mode: Literal["startup", "lines", "none"] = Field(
+        default="startup",
+        description="How `lo2 load` drops start-up output at the head of a service log: 'startup' = the "
+        "container start-up block (JVM lines, `main` and Hazelcast start-up threads before the first "
+        "request or partition-operation line), 'lines' = the first trim_init_lines events (LogLead fork), "
+        "'none' = keep everything.",
+    )
 
     # --- features, templates, sequences (shared/features.py, templates.py, sequences.py) --------------
     feature_top_templates: int = Field(
