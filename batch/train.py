@@ -70,6 +70,10 @@ class TrainConfig:
     #: Input kind of the IsolationForest (``--if-item``) and raw columns appended (``--if-numeric``).
     if_input: str = "aggregates"
     if_extra_columns: tuple[str, ...] = ()
+    #: Token bundles: at most this many training normals in the explainer's reference set / statistics
+    #: (4096 hash columns per row; the dense inputs keep the explainer's defaults).
+    token_explainer_reference: int = 500
+    token_explainer_stats_rows: int = 2000
 
     def __post_init__(self) -> None:
         for key in self.models:
@@ -355,23 +359,54 @@ def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> float:
     return threshold
 
 
-def explainer_state(data: Featurized, kind: str, normal: np.ndarray, seed: int) -> Any:
-    """The per-anomaly explainer's state from the training runs' ``correct`` rows (dense inputs only).
+def explainer_feature_names(kind: str, data: Featurized) -> list[str]:
+    """Column names the explainer state describes: the bundle's dense columns, or for token inputs
+    ``tok:<a training token hashed there>`` per hash bucket plus any appended canary columns."""
+    base, _, extra = kind.partition("+")
+    if base == "tokens":
+        return [*data.spec.token_feature_names(), *(f"canary:{c}" for c in extra.split(",") if c)]
+    return input_names(kind, data.feature_names)
+
+
+def explainer_state(
+    data: Featurized, kind: str, normal: np.ndarray, config: TrainConfig, service: str | None = None
+) -> Any:
+    """The per-anomaly explainer's state from the training runs' ``correct`` rows of one group.
 
     Precomputed here once so that the worker explains an alert in milliseconds
-    (``shared.explain.explain_sequence(bundle, x)``).  Token-hash models get none: their columns
-    are hash buckets, not features a person can read.
+    (``shared.explain.explain_sequence(bundle, x, evidence, service=...)``).  Built with the feature
+    spec (``build_explainer_state_for_spec``) so explanations show readable names (template text,
+    ``ERR12007 UNAUTHORIZED_CLIENT``) and evidence lines are matched by template id.  Token inputs
+    get a smaller reference set (their rows have ``hash_dims`` columns); ``service`` restricts the
+    normals to that service (per-service bundles: one state per service group).
     """
-    from shared.explain import build_explainer_state
+    from shared.explain import build_explainer_state_for_spec
 
-    names = input_names(kind, data.feature_names)
-    if not names:
-        return None
-    rows = data.rows("train")
+    names = explainer_feature_names(kind, data)
+    rows = data.rows("train", service)
     rows = rows[normal[rows]]
+    if rows.size == 0:
+        log.warning("no training normals for the explainer state of group %s", service or ALL)
+        return None
     X = input_matrix(data.inputs, kind)[rows]
     seq_ids = data.meta["seq_id"].to_numpy()[rows].tolist()
-    return build_explainer_state(X, names, seq_ids, seed=seed)
+    sizes: dict[str, int] = {}
+    if kind.partition("+")[0] == "tokens":
+        sizes = {"max_reference": config.token_explainer_reference, "max_stats_rows": config.token_explainer_stats_rows}
+    return build_explainer_state_for_spec(data.spec, X, seq_ids, feature_names=names, seed=config.seed, **sizes)
+
+
+def explainer_states(data: Featurized, kind: str, normal: np.ndarray, config: TrainConfig, groups: Sequence[str]) -> Any:
+    """One state for a pooled bundle, ``{service: state}`` for a per-service bundle.
+
+    Per service because "normal" differs by service (a token service logs other templates than a
+    user service): the ranges and nearest normals shown for a token-service alert come from
+    token-service normals only, matching the per-service detector that raised it.
+    """
+    if list(groups) == [ALL]:
+        return explainer_state(data, kind, normal, config)
+    states = {group: explainer_state(data, kind, normal, config, group) for group in groups}
+    return {group: state for group, state in states.items() if state is not None} or None
 
 
 # --- fitting ----------------------------------------------------------------------------------
@@ -419,7 +454,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
     features = top_feature_references(data, scores, config.top_features, spec.input_kind)
     for ref in features.values():
         ref["edges"] = [None if math.isinf(e) else e for e in ref["edges"]]
-    explainer = explainer_state(data, spec.input_kind, normal, config.seed) if not config.per_service else None
+    explainer = explainer_states(data, spec.input_kind, normal, config, groups)
     return ModelBundle(
         model_key=spec.key,
         input_kind=spec.input_kind,

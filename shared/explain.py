@@ -710,14 +710,14 @@ class ExplainableBundle(Protocol):
     def model(self) -> Any: ...
 
     @property
-    def explainer_state(self) -> ExplainerState | None: ...
+    def explainer_state(self) -> ExplainerState | Mapping[str, ExplainerState] | None: ...
 
 
 #: id(bundle) -> (weak or strong reference to the bundle, its explainer).  Keyed by id because
 #: bundles need not be hashable; the stored reference guards against a reused id.
 _EXPLAINERS: dict[tuple[int, int], tuple[Any, SequenceExplainer]] = {}
 _EXPLAINERS_LOCK = threading.Lock()
-_MAX_CACHED = 8
+_MAX_CACHED = 32  # a per-service bundle holds one explainer per service
 
 
 def _ref(obj: Any) -> Any:
@@ -734,13 +734,35 @@ def _model_for(bundle: Any, service: str | None) -> Any:
     return bundle.model
 
 
+def state_for(bundle: ExplainableBundle, service: str | None = None) -> ExplainerState:
+    """The explainer state of a bundle, or of one service group of a per-service bundle.
+
+    Per-service bundles store ``{service: ExplainerState}`` (normal ranges and nearest normals of
+    that service's training normals); a pooled bundle stores one state used for every service.
+    """
+    state = bundle.explainer_state
+    if state is None:
+        msg = (
+            f"bundle {type(bundle).__name__} has no explainer state "
+            "(build it with shared.explain.build_explainer_state_for_spec and save it in the bundle)"
+        )
+        raise ModelLoadError(msg)
+    if isinstance(state, Mapping):
+        if service is None or service not in state:
+            msg = f"per-service explainer state has services {sorted(state)}; got service {service!r}"
+            raise ModelLoadError(msg)
+        found: ExplainerState = state[service]
+        return found
+    return state
+
+
 def explainer_for(
     bundle: ExplainableBundle, method: Method = "auto", service: str | None = None
 ) -> SequenceExplainer:
     """The cached :class:`SequenceExplainer` of a bundle (built on first use, one per live bundle).
 
-    For per-service bundles (``bundle.detectors`` keyed by service) pass ``service`` to explain
-    with that service's detector; the normal ranges and reference set are shared.
+    For per-service bundles (``bundle.detectors`` and ``bundle.explainer_state`` keyed by service)
+    pass ``service`` to explain with that service's detector and normal ranges.
     """
     model = _model_for(bundle, service)
     with _EXPLAINERS_LOCK:
@@ -750,13 +772,7 @@ def explainer_for(
         entry = _EXPLAINERS.get(cache_key)
         if entry is not None and entry[0]() is bundle and method in ("auto", entry[1].method):
             return entry[1]
-        state = bundle.explainer_state
-        if state is None:
-            msg = (
-                f"bundle {type(bundle).__name__} has no explainer state "
-                "(build it with shared.explain.build_explainer_state and save it in the bundle)"
-            )
-            raise ModelLoadError(msg)
+        state = state_for(bundle, service)
         explainer = SequenceExplainer(state, model, method)
         if len(_EXPLAINERS) >= _MAX_CACHED:
             _EXPLAINERS.pop(next(iter(_EXPLAINERS)))

@@ -18,7 +18,7 @@ from tests.unit.test_train_cli import synthetic_events
 
 @pytest.fixture(scope="module")
 def trained() -> TrainResult:
-    return train(synthetic_events(n_runs=10, seed=3), TrainConfig(models=("if", "event_lr_words"), seed=4))
+    return train(synthetic_events(n_runs=10, seed=3), TrainConfig(models=("if", "event_lr_words", "sequence_lr_numeric"), seed=4))
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +148,56 @@ def test_per_service_bundle_routes_rows_and_needs_services(per_service: TrainRes
         mb.score(loaded, X[:1], ["nope"])
 
 
-def test_bundle_carries_explainer_state_for_dense_models(trained: TrainResult, tmp_path: Path) -> None:
-    from shared.explain import explain_sequence
+def test_bundle_explainer_state_has_readable_names_and_template_keys(trained: TrainResult, tmp_path: Path) -> None:
+    from shared.explain import explain_sequence, feature_label
 
     loaded = mb.load(trained.bundles["if"].save(tmp_path / "if"))
-    assert loaded.explainer_state is not None
+    state = loaded.explainer_state
+    assert state is not None
     assert "explainer.joblib" in mb.read_manifest(tmp_path / "if")["files"]
+    assert list(state.feature_names) == loaded.feature_names
+    # Labels come from the spec: "share of ERROR events", not the column name "level:ERROR".
+    assert list(state.feature_labels) == [feature_label(n) for n in loaded.feature_names]
+    assert "share of ERROR events" in state.feature_labels
+    explanation = explain_sequence(loaded, _X(trained, loaded)[0], top_k=3)
+    assert len(explanation.top_features) == 3
+    assert {f.feature for f in explanation.top_features} <= set(loaded.feature_names)
+    assert all(f.name == feature_label(f.feature) for f in explanation.top_features)
+    # Per-template columns (numeric input) carry the template id the accumulator's evidence uses.
+    numeric = trained.bundles["sequence_lr_numeric"].explainer_state
+    spec = trained.data.spec
+    tpl = [j for j, n in enumerate(numeric.feature_names) if n.startswith("tpl:") and n != "tpl:(other templates)"]
+    assert tpl and [numeric.feature_templates[j] for j in tpl] == [str(t) for t in spec.top_template_ids]
+    assert numeric.feature_labels[tpl[0]] == spec.vocabulary.describe(spec.top_template_ids[0])
+
+
+def test_token_bundle_carries_a_small_explainer_state(trained: TrainResult, tmp_path: Path) -> None:
+    from shared.explain import explain_sequence
+
+    bundle = trained.bundles["event_lr_words"]
+    loaded = mb.load(bundle.save(tmp_path / "tok"))
+    state = loaded.explainer_state
+    assert state is not None and state.n_features == trained.data.spec.hash_dims
+    assert state.reference.shape[0] <= TrainConfig().token_explainer_reference
     X = _X(trained, loaded)
     explanation = explain_sequence(loaded, X[0], top_k=3)
-    assert len(explanation.top_features) == 3
-    assert {f.name for f in explanation.top_features} <= set(loaded.feature_names)
-    assert trained.bundles["event_lr_words"].explainer_state is None  # hashed tokens: nothing readable
+    assert all(f.feature.startswith("tok:") and f.name.startswith("token '") for f in explanation.top_features)
+
+
+def test_per_service_bundle_has_one_explainer_state_per_service(per_service: TrainResult, tmp_path: Path) -> None:
+    from shared.explain import explain_sequence
+
+    loaded = mb.load(per_service.bundles["hst"].save(tmp_path / "hst"))
+    states = loaded.explainer_state
+    assert isinstance(states, dict) and sorted(states) == sorted(loaded.detectors)
+    meta = per_service.data.meta
+    service_of = dict(zip(meta["seq_id"].to_list(), meta["service"].to_list(), strict=True))
+    for service, state in states.items():
+        assert {service_of[s] for s in state.reference_seq_ids} == {service}  # that service's normals only
+    X = _X(per_service, loaded)
+    row = int(np.flatnonzero((meta["service"] == "token").to_numpy())[0])
+    explanation = explain_sequence(loaded, X[row], top_k=2, service="token")
+    assert explanation.nearest_normal is not None
+    assert service_of[explanation.nearest_normal.seq_id] == "token"
+    with pytest.raises(ModelLoadError, match="got service None"):
+        explain_sequence(loaded, X[row], top_k=2)
