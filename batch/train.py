@@ -25,8 +25,9 @@ import polars as pl
 from batch.registry import ModelSpec, get_spec
 from batch.splits import RunSplit, split_runs
 from shared import detection_metrics as dm
-from shared.bundle import ALL, ModelBundle, score
+from shared.bundle import ALL, ModelBundle, bundle_inputs, score
 from shared.errors import ConfigError
+from shared.features import CANARY_COLUMNS as SHARED_CANARY_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ AGGREGATE_PREFIXES: tuple[str, ...] = ("share:", "level:", "rate:")
 #: Excluded although it matches a prefix: events per second measures traffic volume and duration
 #: (the canary's territory, different in every v2 run), not how the service behaves.
 AGGREGATE_EXCLUDED: frozenset[str] = frozenset({"rate:events_per_s"})
-#: Raw sequence columns (the canary's) that ``--if-numeric`` may append, in canary column order.
-CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s", "n_stack_lines")
+#: Raw sequence columns (the canary's) that ``--if-numeric`` may append, in canary column order:
+#: those of ``shared.features.canary_features`` (one definition, or the column counts drift apart).
+CANARY_COLUMNS: tuple[str, ...] = SHARED_CANARY_COLUMNS
 ProgressFn = Callable[[str], None]
 
 
@@ -254,13 +256,26 @@ def input_matrix(inputs: Mapping[str, Any], kind: str) -> Any:
     return np.hstack([np.asarray(X), cols])
 
 
+def inputs_of_bundle(bundle: ModelBundle, inputs: Mapping[str, Any], feature_names: Sequence[str]) -> Any:
+    """The bundle's input matrix from :func:`make_inputs` output, columns chosen by the bundle's names.
+
+    ``shared.bundle.bundle_inputs`` does the selection (the one used live as well), so a bundle is
+    always scored on the columns it was trained on, whatever the current default column choice.
+    """
+    return bundle_inputs(
+        bundle, inputs["numeric"], inputs.get("tokens"), inputs.get("canary"), feature_names=feature_names
+    )
+
+
 def inputs_for_bundle(bundle: ModelBundle, events: Events) -> tuple[pl.DataFrame, Any]:
-    """Featurize ``events`` with the bundle's own spec (never refitted): (meta, matrix of its kind)."""
+    """Featurize ``events`` with the bundle's own spec (never refitted): (meta, the bundle's input matrix)."""
     from shared.features import canary_features, featurize_events
 
     matrix = featurize_events(events, bundle.feature_spec)
-    inputs = make_inputs(matrix.X, matrix.X_tokens, canary_features(matrix.meta)[0], matrix.feature_names)
-    return matrix.meta, input_matrix(inputs, bundle.input_kind)
+    X = bundle_inputs(
+        bundle, matrix.X, matrix.X_tokens, canary_features(matrix.meta)[0], feature_names=matrix.feature_names
+    )
+    return matrix.meta, X
 
 
 def score_events(bundle: ModelBundle, events: Events) -> pl.DataFrame:
@@ -506,7 +521,7 @@ def train(events: Events, config: TrainConfig, progress: ProgressFn | None = Non
 
 def predictions_frame(data: Featurized, bundle: ModelBundle) -> pl.DataFrame:
     """Per-sequence scores of a freshly trained bundle, in the same columns as ``score_events``."""
-    X = input_matrix(data.inputs, bundle.input_kind)
+    X = inputs_of_bundle(bundle, data.inputs, data.feature_names)
     services = data.meta["service"].to_list()
     scores = score(bundle, X, services if bundle.per_service else None)
     thresholds = [bundle.threshold_for(s if bundle.per_service else None) for s in services]

@@ -495,3 +495,139 @@ def promote(bundle_dir: Path, model_dir: Path | None = None) -> Path | None:
     os.replace(temp, model_dir / CURRENT)
     logger.info("promoted %s (previous: %s)", bundle_dir, previous)
     return previous
+
+
+# --- the bundle's input columns: one selection for batch and live scoring --------------------
+
+
+def _canary_names() -> tuple[str, ...]:
+    from shared.features import CANARY_FEATURES
+
+    return CANARY_FEATURES
+
+
+def bundle_inputs(
+    bundle: ModelBundle,
+    X_dense: Any,
+    X_tokens: Any = None,
+    canary: Any = None,
+    *,
+    feature_names: Sequence[str] | None = None,
+) -> Any:
+    """The matrix a bundle's detectors score, its columns chosen by the names stored in the bundle.
+
+    Why by name: the set of columns a model sees (``aggregates`` = level shares, rates, ...) is a
+    choice of the training code, and that choice changes between versions; rebuilding it from the
+    current code made an older bundle fail with "X has 14 features, expecting 15".  The bundle
+    records the exact columns it was trained on (``bundle.feature_names``), so every scorer (``lo2
+    train --load-model``, ``lo2 explain``, ``lo2 evaluate``, the live worker) selects those.
+
+    ``X_dense``: the dense features (n × len(feature_names)) of ``shared.features`` (batch
+    ``FeatureMatrix.X`` or ``vectorize_many``); ``feature_names`` names its columns (default: the
+    bundle's feature spec).  ``X_tokens``: the hashed token shares (needed by ``tokens`` bundles).
+    ``canary``: ``canary_features(meta)[0]`` (needed when the bundle lists ``canary:*`` columns).
+    Token bundles take the whole hash space, plus any ``canary:*`` columns they list.
+    """
+    import scipy.sparse as sp
+
+    base = bundle.input_kind.partition("+")[0]
+    stored = list(bundle.feature_names)
+    where = bundle.name or bundle.model_key
+    n_rows = int(X_dense.shape[0]) if X_dense is not None else int(X_tokens.shape[0])
+    canary_names = _canary_names()
+
+    def canary_columns(names: Sequence[str]) -> np.ndarray:
+        if canary is None:
+            msg = f"bundle {where} needs the canary columns {list(names)}; pass canary=canary_features(meta)[0]"
+            raise PayloadError("missing_features", msg)
+        c = np.asarray(canary, dtype=np.float64).reshape(n_rows, len(canary_names))
+        return c[:, [canary_names.index(name) for name in names]]
+
+    if base == "tokens":
+        if X_tokens is None:
+            msg = f"bundle {where} scores hashed token shares (input kind {bundle.input_kind!r}); X_tokens is missing"
+            raise PayloadError("missing_features", msg)
+        hash_dims = int(getattr(bundle.feature_spec, "hash_dims", X_tokens.shape[1]))
+        if int(X_tokens.shape[1]) != hash_dims:
+            msg = f"bundle {where}: X_tokens has {X_tokens.shape[1]} columns, expected {hash_dims} hash dims"
+            raise PayloadError("bad_features", msg)
+        extra = [n for n in stored if n in canary_names]
+        if not extra:
+            return X_tokens
+        return sp.hstack([X_tokens, sp.csr_matrix(canary_columns(extra))]).tocsr()
+
+    if not stored:
+        msg = (
+            f"bundle {where} (input kind {bundle.input_kind!r}) records no feature names; "
+            "cannot tell which columns it was trained on (retrain it)"
+        )
+        raise ModelLoadError(msg)
+    names = list(feature_names if feature_names is not None else bundle.feature_spec.feature_names)
+    position = {name: j for j, name in enumerate(names)}
+    missing = [n for n in stored if n not in position and n not in canary_names]
+    if missing:
+        msg = (
+            f"bundle {where}: columns {missing[:5]} (of {len(missing)} missing) are not produced by its feature "
+            f"spec with this code; expected names among the {len(names)} dense features or {list(canary_names)}"
+        )
+        raise ModelLoadError(msg)
+    dense = np.asarray(X_dense, dtype=np.float64) if X_dense is not None else np.zeros((n_rows, 0))
+    if dense.ndim == 1:
+        dense = dense.reshape(1, -1)
+    if dense.shape[1] != len(names):
+        msg = f"bundle {where}: X_dense has {dense.shape[1]} columns but {len(names)} feature names"
+        raise PayloadError("bad_features", msg)
+    in_dense = [position[n] for n in stored if n in position]
+    if len(in_dense) == len(stored):
+        return dense[:, in_dense]
+    pieces = [dense[:, [position[n]]] if n in position else canary_columns([n]) for n in stored]
+    return np.hstack(pieces)
+
+
+def accumulator_inputs(bundle: ModelBundle, accs: Sequence[Any]) -> Any:
+    """The bundle's input matrix of closed sequences (``shared.sequences.SequenceAccumulator``).
+
+    The live path of :func:`bundle_inputs`: ``vectorize_many`` / ``vectorize_tokens_many`` with the
+    bundle's own feature spec (rows bit-identical to the batch featurization of the same events),
+    then the bundle's stored columns.  Only the representations the bundle needs are computed.
+    """
+    from shared.features import (
+        accumulators_meta,
+        canary_features,
+        vectorize_many,
+        vectorize_tokens_many,
+    )
+
+    spec = bundle.feature_spec
+    base = bundle.input_kind.partition("+")[0]
+    needs_canary = any(n in _canary_names() for n in bundle.feature_names)
+    canary = canary_features(accumulators_meta(accs))[0] if needs_canary else None
+    if base == "tokens":
+        return bundle_inputs(bundle, None, vectorize_tokens_many(accs, spec), canary)
+    return bundle_inputs(bundle, vectorize_many(accs, spec), None, canary)
+
+
+@dataclass(frozen=True)
+class ScoredSequences:
+    """Scores of a batch of sequences: the input rows (for explanations), scores and alert flags."""
+
+    X: Any
+    services: list[str]
+    scores: np.ndarray
+    thresholds: np.ndarray
+    alerts: np.ndarray
+
+
+def score_accumulators(bundle: ModelBundle, accs: Sequence[Any]) -> ScoredSequences:
+    """Score closed sequences with a bundle: what the live worker calls per micro-batch.
+
+    Equal to the batch score of the same sequences (``tests/unit/test_bundle_live_parity.py``).
+    Explain an alerting row ``i`` with ``shared.explain.explain_sequence(bundle, result.X[i],
+    accs[i].evidence, service=result.services[i])``.
+    """
+    services = [str(a.service) for a in accs]
+    X = accumulator_inputs(bundle, accs)
+    routed = services if bundle.per_service else None
+    scores = score(bundle, X, routed)
+    thresholds = thresholds_for(bundle, len(services), routed)
+    return ScoredSequences(X, services, scores, thresholds, scores >= thresholds)

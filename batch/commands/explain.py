@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,27 +238,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     }
                 return matrices[fp]
 
-            def model_input(spec: Any, kind: str, stored: Sequence[str] = ()) -> tuple[Any, list[str]]:
-                """The bundle's input matrix and its column names.
+            def model_input(spec: Any, kind: str, bundle: Any = None) -> tuple[Any, list[str]]:
+                """The input matrix of a model and its column names.
 
-                A bundle that lists its feature columns gets exactly those columns of ``X`` (by
-                name), so a change of the default column choice in newer code cannot shift them.
+                A bundle is scored on exactly the columns it stores (``shared.bundle.bundle_inputs``,
+                the selection the worker and ``lo2 train --load-model`` use), so a change of the
+                default column choice in newer code cannot shift them.  Without a bundle (the
+                canary fitted here) the input kind's default columns are used.
                 """
                 got = featurized(spec)
                 fm = got["fm"]
                 base, _, extra = kind.partition("+")
-                if stored and base != "tokens" and not extra:
-                    pos = {n: j for j, n in enumerate(fm.feature_names)}
-                    missing = [n for n in stored if n not in pos]
-                    if missing:
-                        msg = f"bundle columns {missing[:5]} are not produced by its feature spec with this code"
-                        raise ConfigError(msg)
-                    return fm.X[:, [pos[n] for n in stored]], list(stored)
-                if base == "tokens":
+                if bundle is not None:
+                    X = bundles.bundle_inputs(bundle, fm.X, fm.X_tokens, got["inputs"]["canary"],
+                                              feature_names=fm.feature_names)
+                    names = list(bundle.feature_names)
+                    if base == "tokens":
+                        names = list(fm.token_feature_names) + names
+                elif base == "tokens":
                     names = list(fm.token_feature_names) + [f"canary:{c}" for c in extra.split(",") if c]
+                    X = input_matrix(got["inputs"], kind)
                 else:
                     names = input_names(kind, fm.feature_names)
-                X = input_matrix(got["inputs"], kind)
+                    X = input_matrix(got["inputs"], kind)
                 if X.shape[1] != len(names):
                     msg = f"input kind {kind!r}: {X.shape[1]} columns but {len(names)} names"
                     raise ConfigError(msg)
@@ -279,7 +280,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 msg = "nothing to explain: --skip-if without --sup-models"
                 raise ConfigError(msg)
             for b in loaded:
-                X, names = model_input(b.feature_spec, b.input_kind, b.feature_names)
+                X, names = model_input(b.feature_spec, b.input_kind, b)
                 mi = ModelInput(b.model_key, b.name or "retrained here (--retrain)", dict(b.detectors),
                                 dict(b.thresholds), X, names)
                 if b.model_key == "canary" and canary is None:

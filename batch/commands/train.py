@@ -71,7 +71,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      "(reference names e_words/e_trigrams map to tokens, e_event_drain_id to numeric)")
     iff.add_argument("--if-numeric", default="",
                      help="comma-separated raw sequence columns appended to the IF input, from "
-                     "n_events,duration_s,n_stack_lines (they leak the label in v1: see the canary)")
+                     "n_events,duration_s (they leak the label in v1: see the canary)")
     iff.add_argument("--if-holdout-fraction", type=float, default=0.2,
                      help="share of runs held out as validation runs (threshold calibration, PSI); "
                      "another --test-fraction of runs is the test set (default 0.2)")

@@ -201,3 +201,43 @@ def test_per_service_bundle_has_one_explainer_state_per_service(per_service: Tra
     assert service_of[explanation.nearest_normal.seq_id] == "token"
     with pytest.raises(ModelLoadError, match="got service None"):
         explain_sequence(loaded, X[row], top_k=2)
+
+
+def test_scoring_selects_the_columns_stored_in_an_older_bundle(trained: TrainResult, tmp_path: Path) -> None:
+    # An older bundle of the same input kind trained on another column choice (here 15 aggregate
+    # columns incl. events per second, where the current default takes 14) must score on its own.
+    from batch.train import inputs_for_bundle, score_events
+    from shared.detectors import IsolationForestDetector
+    from tests.unit.test_train_cli import synthetic_events as events_of
+
+    current = trained.bundles["if"]
+    old_names = [*current.feature_names, "rate:events_per_s", "canary:n_events"]
+    names = list(trained.data.feature_names)
+    canary = trained.data.inputs["canary"]
+    X_old = np.hstack([trained.data.inputs["numeric"][:, [names.index(n) for n in old_names[:-1]]], canary[:, :1]])
+    train_rows = trained.data.rows("train")
+    detector = IsolationForestDetector(seed=1, n_estimators=20).fit(X_old[train_rows])
+    old = mb.ModelBundle(
+        model_key="if", input_kind=current.input_kind, detectors={mb.ALL: detector}, thresholds={mb.ALL: 0.5},
+        feature_spec=current.feature_spec, feature_names=old_names, sequence_policy=current.sequence_policy,
+        threshold_quantile=0.99,
+    )
+    loaded = mb.load(old.save(tmp_path / "old"))
+    events = events_of(n_runs=10, seed=3)
+    meta, X = inputs_for_bundle(loaded, events)
+    assert X.shape[1] == len(old_names) == 16
+    frame = score_events(loaded, events)
+    order = [trained.data.meta["seq_id"].to_list().index(s) for s in frame["seq_id"].to_list()]
+    np.testing.assert_array_equal(frame["score"].to_numpy(), detector.score(X_old[order]))
+    assert meta["seq_id"].to_list() == frame["seq_id"].to_list()
+
+
+def test_bundle_inputs_name_what_is_missing(trained: TrainResult) -> None:
+    import dataclasses
+
+    bundle = dataclasses.replace(trained.bundles["if"], feature_names=["level:ERROR", "tpl:gone template"])
+    with pytest.raises(ModelLoadError, match="tpl:gone template"):
+        mb.bundle_inputs(bundle, trained.data.inputs["numeric"])
+    tokens = trained.bundles["event_lr_words"]
+    with pytest.raises(PayloadError, match="X_tokens is missing"):
+        mb.bundle_inputs(tokens, trained.data.inputs["numeric"])
