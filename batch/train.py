@@ -72,6 +72,9 @@ class TrainConfig:
     #: Input kind of the IsolationForest (``--if-item``) and raw columns appended (``--if-numeric``).
     if_input: str = "aggregates"
     if_extra_columns: tuple[str, ...] = ()
+    #: Keyword arguments of ``fit_feature_spec``: pass ``shared.features.feature_options(settings)``
+    #: so LO2_FEATURE_* / Drain / sequence-policy settings reach the spec (empty = its defaults).
+    feature_options: Mapping[str, Any] = field(default_factory=dict)
     #: Token bundles: at most this many training normals in the explainer's reference set / statistics
     #: (4096 hash columns per row; the dense inputs keep the explainer's defaults).
     token_explainer_reference: int = 500
@@ -179,15 +182,21 @@ def featurize_in_chunks(events: Events, spec: Any, runs: Sequence[str], chunk_ru
     )
 
 
-def featurize(events: Events, split: RunSplit, chunk_runs: int = 8) -> Featurized:
+def featurize(
+    events: Events, split: RunSplit, chunk_runs: int = 8, feature_options: Mapping[str, Any] | None = None
+) -> Featurized:
     """Fit the feature spec on the training runs' events; featurize every sequence with it.
 
     ``events`` may be lazy (``pl.scan_parquet``): only ``chunk_runs`` runs' events are featurized
-    at a time, so memory stays flat as the number of runs grows.
+    at a time, so memory stays flat as the number of runs grows.  ``feature_options`` are the
+    keyword arguments of ``fit_feature_spec`` (``shared.features.feature_options(settings)``: top
+    templates, min support, hash dims, Drain parameters, sequence policy); None = its defaults.
     """
     from shared.features import canary_features, fit_feature_spec
 
-    spec = fit_feature_spec(events.filter(pl.col("run").is_in(list(split.train_runs))))
+    spec = fit_feature_spec(
+        events.filter(pl.col("run").is_in(list(split.train_runs))), **dict(feature_options or {})
+    )
     runs = [*split.train_runs, *split.validation_runs, *split.test_runs]
     matrix = featurize_in_chunks(events, spec, runs, chunk_runs)
     meta = split.label(matrix.meta)
@@ -510,7 +519,7 @@ def train(events: Events, config: TrainConfig, progress: ProgressFn | None = Non
     split = split_events(events, config)
     if progress:
         progress("featurize")
-    data = featurize(events, split, config.chunk_runs)
+    data = featurize(events, split, config.chunk_runs, config.feature_options)
     bundles: dict[str, ModelBundle] = {}
     for key in config.models:
         if progress:

@@ -272,7 +272,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 say("retraining the IsolationForest on the training runs (--retrain)")
                 params = {"contamination": args.if_contamination, "n_estimators": args.if_n_estimators,
                           "max_samples": args.if_max_samples}
-                result = train(events, TrainConfig(models=("if",), seed=seed, model_params={"if": params}))
+                from shared.features import feature_options
+
+                result = train(events, TrainConfig(models=("if",), seed=seed, model_params={"if": params},
+                                                   feature_options=feature_options(settings)))
                 fresh = result.bundles["if"]
                 loaded.insert(0, fresh)
                 split = result.data.split

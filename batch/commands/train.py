@@ -262,6 +262,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     from shared.bundle import promote, unique_bundle_dir
     from shared.errors import ConfigError, Lo2Error
+    from shared.features import feature_options
 
     console = Console()
     if args.list_models:
@@ -294,13 +295,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if_input=IF_ITEMS[args.if_item],
             if_extra_columns=tuple(extra),
             chunk_runs=settings.train_chunk_runs,
+            feature_options=feature_options(settings),
         )
         events = filter_services(events, config.services)
         split = split_events(events, config)
         console.print(f"runs: {len(split.train_runs)} train, {len(split.validation_runs)} validation, "
                       f"{len(split.test_runs)} test (by run epoch)")
         with console.status("featurizing (spec fitted on training runs only)"):
-            data: Featurized = featurize(events, split, config.chunk_runs)
+            data: Featurized = featurize(events, split, config.chunk_runs, config.feature_options)
         out_dir = args.predictions_dir or settings.artifacts_dir / "train"
         if args.save_enhancers:
             path = _save_features(data, out_dir)

@@ -226,3 +226,18 @@ def test_train_from_raw_generated_runs_with_root(generated_v2: Path, settings: S
     joined = preds.join(loaded, on="seq_id", suffix="_loaded")
     assert joined.height == preds.height
     np.testing.assert_array_equal(joined["score"].to_numpy(), joined["score_loaded"].to_numpy())
+
+
+def test_feature_settings_reach_the_bundle_spec(events_file: Path, tmp_path: Path) -> None:
+    # LO2_FEATURE_* settings must shape the spec `lo2 train` fits (it used fit_feature_spec defaults).
+    from shared import bundle as mb
+
+    settings = Settings(model_dir=tmp_path / "models", artifacts_dir=tmp_path / "artifacts", cache_dir=tmp_path / "c",
+                        feature_top_templates=3, feature_hash_dims=256, feature_min_support=2)
+    assert _run(["--input", str(events_file), "--phase", "full", "--models", "event_lr_words",
+                 "--if-n-estimators", "20", "--save-model"], settings) == 0
+    for path in settings.model_dir.iterdir():
+        spec = mb.load(path).feature_spec
+        assert spec.hash_dims == 256 and len(spec.top_template_ids) == 3
+        assert spec.vocabulary.min_support == 2
+
