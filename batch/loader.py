@@ -666,6 +666,23 @@ def startup_cutoffs(rows: pl.DataFrame, n_files: int) -> pl.Series:
     return cut.scatter(heads["fid"], heads["first_traffic"].cast(pl.Int64))
 
 
+def _attach(fields: pl.DataFrame, stacks: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
+    """Add each event's stack (by its gid) and its file's columns (by its fid) without joins.
+
+    Events are in gid order and a stack's gid is its event's, so a binary search places the few
+    stacks; ``fid`` is the row of ``meta``, so the per-file columns are a gather.  Both are several
+    times cheaper than hash joins that keep the row order.
+    """
+    n = fields.height
+    pos = fields["gid"].search_sorted(stacks["gid"])
+    stack = pl.repeat(None, n, dtype=pl.String, eager=True).scatter(pos, stacks["stack"])
+    n_stack = pl.zeros(n, dtype=pl.Int32, eager=True).scatter(pos, stacks["n_stack_lines"])
+    per_file = meta.drop("fid")[fields["fid"]]
+    return pl.concat(
+        [fields, per_file, pl.DataFrame([stack.alias("stack"), n_stack.alias("n_stack_lines")])], how="horizontal"
+    )
+
+
 @dataclass(slots=True)
 class BatchResult:
     events: pl.DataFrame
@@ -767,6 +784,7 @@ def parse_batch(
         .filter((kind == _CONTINUATION) & kept)
         .group_by("gid")
         .agg(stack=pl.col("text").str.join("\n"), n_stack_lines=pl.len().cast(pl.Int32))
+        .collect()
     )
     fields = _fix_slow_rows(
         _event_fields(
@@ -774,10 +792,9 @@ def parse_batch(
         ).collect()
     ).drop("text")
     events = (
-        fields.lazy()
-        .join(stacks, on="gid", how="left", maintain_order="left")
-        .join(meta.lazy(), on="fid", how="left", maintain_order="left")
-        .with_columns(_v=_hhmmssmmm(pl.col("time")), n_stack_lines=pl.col("n_stack_lines").fill_null(0))
+        _attach(fields, stacks, meta)
+        .lazy()
+        .with_columns(_v=_hhmmssmmm(pl.col("time")))
         .with_columns(_tod=_time_of_day_ms(pl.col("_v")))
         .with_columns(timestamp=_resolve_ms(pl.col("_tod"), pl.col("run_epoch")).cast(pl.Datetime("ms", "UTC")))
         .select(EVENTS_SCHEMA.names + ["fid"])
