@@ -524,8 +524,21 @@ def train(events: Events, config: TrainConfig, progress: ProgressFn | None = Non
     for key in config.models:
         if progress:
             progress(key)
-        bundles[key] = fit_model(get_spec(key), data, config)
+        bundles[key] = fit_model(model_spec(key, config), data, config)
     return TrainResult(bundles, data)
+
+
+def model_spec(key: str, config: TrainConfig) -> ModelSpec:
+    """The registry spec of ``key``; the IsolationForest's input follows ``if_input`` / ``if_extra_columns``
+    (``--if-item`` / ``--if-numeric``), which ``train`` ignored before (only the CLI applied them)."""
+    import dataclasses
+
+    spec = get_spec(key)
+    if key != "if":
+        return spec
+    extra = ",".join(config.if_extra_columns)
+    kind: Any = config.if_input + (f"+{extra}" if extra else "")  # "<base>+<canary cols>" (see input_matrix)
+    return dataclasses.replace(spec, input_kind=kind)
 
 
 def predictions_frame(data: Featurized, bundle: ModelBundle) -> pl.DataFrame:

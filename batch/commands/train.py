@@ -256,6 +256,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         featurize,
         filter_services,
         fit_model,
+        model_spec,
         predictions_frame,
         split_events,
         threshold_percentile_to_quantile,
@@ -318,7 +319,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             task = progress.add_task("training", total=len(models))
             for key in models:
                 progress.update(task, description=f"training {key}")
-                bundles[key] = fit_model(_spec_for(key, config), data, config)
+                bundles[key] = fit_model(model_spec(key, config), data, config)
                 rows[key] = bundles[key].metrics
                 _write_predictions(predictions_frame(data, bundles[key]), out_dir, key)
                 progress.advance(task)
@@ -345,19 +346,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except Lo2Error as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-
-
-def _spec_for(key: str, config: Any) -> Any:
-    """The registry spec; the IF's input kind follows --if-item / --if-numeric."""
-    import dataclasses
-
-    from batch.registry import get_spec
-
-    spec = get_spec(key)
-    if key != "if":
-        return spec
-    kind = config.if_input + ("+" + ",".join(config.if_extra_columns) if config.if_extra_columns else "")
-    return dataclasses.replace(spec, input_kind=kind)
 
 
 def _save_features(data: Any, directory: Path) -> Path:

@@ -241,3 +241,13 @@ def test_feature_settings_reach_the_bundle_spec(events_file: Path, tmp_path: Pat
         assert spec.hash_dims == 256 and len(spec.top_template_ids) == 3
         assert spec.vocabulary.min_support == 2
 
+
+def test_train_applies_the_if_input_choice_of_the_config(events_file: Path) -> None:
+    # --if-item / --if-numeric used to be applied by the CLI only; train() ignored them.
+    from batch.train import TrainConfig, train
+
+    config = TrainConfig(models=("if",), seed=1, if_input="numeric", if_extra_columns=("n_events",),
+                         model_params={"if": {"n_estimators": 20}})
+    bundle = train(pl.read_parquet(events_file), config).bundles["if"]
+    assert bundle.input_kind == "numeric+n_events"
+    assert bundle.feature_names[-1] == "canary:n_events" and len(bundle.feature_names) == bundle.feature_spec.n_features + 1
