@@ -445,4 +445,20 @@ def available(spec: ModelSpec) -> bool:
         return True
     import importlib.util
 
-    return importlib.util.find_spec(spec.needs) is not None
+    try:
+        return importlib.util.find_spec(spec.needs) is not None
+    except ValueError:  # in sys.modules as None: import disabled, i.e. not usable
+        return False
+
+
+def require_available(keys: list[str] | tuple[str, ...]) -> None:
+    """Fail before any work when a chosen model needs an extra that is not installed.
+
+    Without this, ``lo2 train --models event_xgb_words`` featurized everything and trained the
+    other models first, then died with an ImportError from inside the detector.
+    """
+    missing = [(key, spec.needs) for key in keys if not available(spec := get_spec(key))]
+    if missing:
+        listed = ", ".join(f"{key} needs {needs!r}" for key, needs in missing)
+        msg = f"models not available in this environment: {listed}; install them with pip install 'lo2-stream[xgboost]'"
+        raise ConfigError(msg)

@@ -249,7 +249,7 @@ def _load_and_score(args: argparse.Namespace, settings: Settings, events: pl.Laz
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from batch.registry import parse_model_keys
+    from batch.registry import parse_model_keys, require_available
     from batch.train import (
         Featurized,
         TrainConfig,
@@ -275,6 +275,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return _load_and_score(args, settings, events)
         models = ["if"] if args.phase == "if" else (["if", *parse_model_keys(args.models)] if args.phase == "full" else [])
         models = list(dict.fromkeys(models))
+        require_available(models)
         test = args.test_fraction
         val = args.if_holdout_fraction
         if not (0.05 <= val < 1 and 0.05 <= test < 1 and val + test < 0.95):
@@ -344,7 +345,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(msg)
         return 0
     except Lo2Error as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(exc))}")  # "[xgboost]" in a message is not markup
         return 2
 
 

@@ -251,3 +251,20 @@ def test_train_applies_the_if_input_choice_of_the_config(events_file: Path) -> N
     bundle = train(pl.read_parquet(events_file), config).bundles["if"]
     assert bundle.input_kind == "numeric+n_events"
     assert bundle.feature_names[-1] == "canary:n_events" and len(bundle.feature_names) == bundle.feature_spec.n_features + 1
+
+def test_model_without_its_extra_fails_before_any_work(
+    events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import batch.train
+
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # as if xgboost were not installed
+
+    def featurize(*_a: object, **_k: object) -> None:
+        raise AssertionError("a missing extra must fail before featurization")
+
+    monkeypatch.setattr(batch.train, "featurize", featurize)
+    assert _run(["--input", str(events_file), "--models", "event_xgb_words"], settings) == 2
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "event_xgb_words needs 'xgboost'" in out and "pip install 'lo2-stream[xgboost]'" in out
