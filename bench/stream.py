@@ -231,6 +231,20 @@ def relabel(chunks: Iterator[Chunk], suffix: str) -> Iterator[Chunk]:
         yield Chunk(c.ts_ms, SeqKey(f"{c.key.run}{suffix}", c.key.test_case, c.key.service), c.lines)
 
 
+def live_records(work: Path, settings: Settings, args: argparse.Namespace) -> list[OutRecord]:
+    """``--live-copies`` sets of short sequences (new run names), merged in time, 20-line records."""
+    import heapq
+
+    from tests.worker_data import TRIM, write_runs
+
+    sample = settings.samples_dir / "v1_light-oauth2-data-1719592986__correct__light-oauth2-oauth2-token-1.timestamped-lines.log"
+    streams = []
+    for i in range(args.live_copies):
+        root = write_runs(work / f"live-{i}", sample, lines_per_file=args.live_lines_per_file, seed=100 + i)
+        streams.append(list(relabel(folder_chunks(root, TRIM, ReplayStats()), f"-live{i}")))
+    return list(build_records(heapq.merge(*streams, key=lambda c: c.ts_ms), batch_lines=20))
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
@@ -244,7 +258,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines-per-file", type=int, default=2000, help="lines cut from the real sample per service log")
     ap.add_argument("--batch-lines", type=int, default=200, help="lines per batch envelope in the batched run")
-    ap.add_argument("--live-rate", type=float, default=3000.0, help="lines/s of the paced live replay (latency)")
+    ap.add_argument("--live-rate", type=float, default=5000.0, help="lines/s of the paced live replay (latency)")
+    ap.add_argument("--live-copies", type=int, default=8, help="sets of 30 sequences in the live replay (latency sample size)")
+    ap.add_argument("--live-lines-per-file", type=int, default=200, help="lines per service log in the live replay")
     ap.add_argument("--bootstrap", default=None, help="use this broker (default: KAFKA_BOOTSTRAP_SERVERS or a local one)")
     ap.add_argument("--bare-agent", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -275,6 +291,7 @@ def main() -> int:
             chunks = folder_chunks(root, TRIM, st)
             return list(build_records(relabel(chunks, suffix) if suffix else chunks, batch_lines=batch_lines, stats=st)), st
 
+        n_live = args.live_copies * n_seq
         batched, st_b = records(args.batch_lines)
         single, st_s = records(1)
         lines = st_b.lines
@@ -308,16 +325,16 @@ def main() -> int:
                 results[f"worker_{name}_seconds"] = t1 - t0
                 results[f"worker_{name}_lines_per_s"] = lines / (t1 - t0)
                 results[f"worker_{name}_records_per_s"] = (len(batched) if name == "batched" else len(single)) / (t1 - t0)
-                if name == "batched":  # latency: a paced live replay into the running worker
-                    live, _ = records(20, suffix="-live")
+                if name == "batched":  # latency: a paced live replay of many short sequences
+                    live = live_records(work, settings, args)
                     stamps: dict[bytes, float] = {}
                     produce(bootstrap, w.topics["logs"], live, stamps, rate_lines_s=args.live_rate)
-                    w.drain_time(2 * n_seq, timeout=120)
+                    w.drain_time(n_seq + n_live, timeout=300)
                     for kind in ("scores", "anomalies"):
                         lat = []
                         for m in read_all(bootstrap, w.topics[kind]):
                             rec = json.loads(m.value)
-                            if not rec["sequence"]["run"].endswith("-live"):
+                            if "-live" not in rec["sequence"]["run"]:
                                 continue
                             key = f"{rec['sequence']['run']}|{rec['sequence']['test_case']}|{rec['service']}".encode()
                             lat.append(m.timestamp / 1000 - stamps[key])

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     worker_datadir: Path = Field(default=PROJECT_ROOT / ".lo2" / "worker", description="Faust data dir (tables, rocksdb).")
     worker_web_bind: str = Field(default="0.0.0.0", description="Address the worker's web server (/metrics) binds to.")  # noqa: S104
     worker_batch_max: int = Field(default=500, ge=1, description="Max input records per processing batch (stream.take_events).")
-    worker_batch_within_s: float = Field(default=0.05, gt=0, description="Max wait for a batch to fill (seconds); bounds latency.")
+    worker_batch_within_s: float = Field(default=0.02, gt=0, description="Max wait for a batch to fill (seconds); bounds latency.")
     worker_tick_s: float = Field(default=0.5, gt=0, description="Timer interval that folds held-back events and closes idle sequences.")
     worker_pending_hold_s: float = Field(
         default=2.0, ge=0, description="How long the last event of a stream waits for stack-trace lines in later records."
