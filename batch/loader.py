@@ -78,10 +78,12 @@ EVENTS_SCHEMA = pa.schema(
         ("anomaly_service", pa.bool_()),
     ]
 )
-#: events.parquet columns with few distinct values per row group (dictionary + statistics).
-_EVENTS_SMALL = [
-    "run", "run_epoch", "test_case", "service", "seq_id", "line_no", "timestamp", "thread", "level",
-    "logger", "method", "n_stack_lines", "anomaly", "anomaly_service",
+#: events.parquet columns with few distinct values per row group: dictionary-encoded.  Integer,
+#: time and bool columns encode better without one (RLE/bit-packing), the text columns too.
+_EVENTS_DICT = ["run", "run_epoch", "test_case", "service", "seq_id", "thread", "level", "logger", "method"]
+#: events.parquet columns with min/max statistics (what readers filter on); none on the text.
+_EVENTS_STATS = [
+    "run", "run_epoch", "test_case", "service", "seq_id", "line_no", "timestamp", "anomaly", "anomaly_service",
 ]
 SEQUENCES_SCHEMA = pa.schema(
     [
@@ -495,11 +497,14 @@ def _lines_frame(texts: pl.Series) -> pl.LazyFrame:
     raw = raw.filter(pl.col("text") != "")  # empty files have no lines, not one blank line
     row = pl.int_range(pl.len(), dtype=pl.Int64)
     new_file = pl.col("fid") != pl.col("fid").shift(1, fill_value=-1)
+    # one memchr scan of the whole files spares a pass over every line when there is no CR at all
+    has_cr = bool(texts.str.contains("\r", literal=True).any())
+    text = pl.col("text").str.strip_chars_end("\r") if has_cr else pl.col("text")
     return (
         raw.lazy()
         .with_columns(pl.col("text").str.strip_suffix("\n").str.split("\n"))
         .explode("text")
-        .with_columns(pl.col("text").str.strip_chars_end("\r"), _row=row)
+        .with_columns(text, _row=row)
         .with_columns(
             line_no=(pl.col("_row") - pl.when(new_file).then(pl.col("_row")).forward_fill() + 1).cast(pl.Int32)
         )
@@ -844,18 +849,21 @@ def parse_file(
 class _ParquetStream:
     """Append batches to a Parquet file; it appears under its real name only when complete."""
 
-    def __init__(self, path: Path, schema: pa.Schema, *, small_columns: list[str] | None = None) -> None:
+    def __init__(
+        self, path: Path, schema: pa.Schema, *, dictionary: list[str] | None = None, statistics: list[str] | None = None
+    ) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.partial")
         self.schema = schema
-        # Dictionaries and min/max statistics only pay off on low-cardinality columns; building them
-        # for message/stack/correlation_id costs ~40 % of the write and makes the file bigger.
+        # Dictionaries and min/max statistics only pay off on some columns; building them for
+        # message/stack/correlation_id (and dictionaries for line_no/timestamp) costs ~half of the
+        # write and makes the file bigger.
         self.writer = pq.ParquetWriter(
             self.tmp,
             schema,
             compression="zstd",
-            use_dictionary=small_columns if small_columns is not None else True,
-            write_statistics=small_columns if small_columns is not None else True,
+            use_dictionary=dictionary if dictionary is not None else True,
+            write_statistics=statistics if statistics is not None else True,
         )
         self.rows = 0
 
@@ -927,7 +935,9 @@ def load_runs(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if write_events:
-            streams["events"] = _ParquetStream(out_dir / EVENTS_FILE, EVENTS_SCHEMA, small_columns=_EVENTS_SMALL)
+            streams["events"] = _ParquetStream(
+                out_dir / EVENTS_FILE, EVENTS_SCHEMA, dictionary=_EVENTS_DICT, statistics=_EVENTS_STATS
+            )
         if write_sequences:
             streams["sequences"] = _ParquetStream(out_dir / SEQUENCES_FILE, SEQUENCES_SCHEMA)
     try:
