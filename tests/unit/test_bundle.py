@@ -204,8 +204,8 @@ def test_per_service_bundle_has_one_explainer_state_per_service(per_service: Tra
 
 
 def test_scoring_selects_the_columns_stored_in_an_older_bundle(trained: TrainResult, tmp_path: Path) -> None:
-    # An older bundle of the same input kind trained on another column choice (here 15 aggregate
-    # columns incl. events per second, where the current default takes 14) must score on its own.
+    # An older bundle of the same input kind trained on another column choice (today's aggregates
+    # plus events per second and a canary column) must score on its own columns.
     from batch.train import inputs_for_bundle, score_events
     from shared.detectors import IsolationForestDetector
     from tests.unit.test_train_cli import synthetic_events as events_of
@@ -225,7 +225,8 @@ def test_scoring_selects_the_columns_stored_in_an_older_bundle(trained: TrainRes
     loaded = mb.load(old.save(tmp_path / "old"))
     events = events_of(n_runs=10, seed=3)
     meta, X = inputs_for_bundle(loaded, events)
-    assert X.shape[1] == len(old_names) == 16
+    assert "rate:events_per_s" not in current.feature_names  # excluded from today's aggregates
+    assert X.shape[1] == len(old_names) == len(current.feature_names) + 2
     frame = score_events(loaded, events)
     order = [trained.data.meta["seq_id"].to_list().index(s) for s in frame["seq_id"].to_list()]
     np.testing.assert_array_equal(frame["score"].to_numpy(), detector.score(X_old[order]))
