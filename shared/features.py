@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from shared.catalog import STATUS_CODES
 from shared.errors import ConfigError, DataLayoutError, ModelLoadError
 from shared.masking import ERROR_CODE_REGEX, error_codes, mask_expr, mask_message
 from shared.parsing import LEVELS
@@ -80,6 +81,39 @@ KNOWN_ERROR_CODES: tuple[str, ...] = (
 #: Words that say something went wrong (matched on the masked message, case-insensitive).
 FAILURE_WORDS_REGEX = r"(?i)exception|error|fail|invalid|denied|refused|not found|unable|timeout|timed out|mismatch"
 _FAILURE_RE = re.compile(FAILURE_WORDS_REGEX)
+
+#: Logger families for the ERROR share per family.  Why: in normal LO2 traffic the ERROR lines come
+#: from the cache/persistence layer (``ClientMapStore delete - Exception:`` with a MySQL stack) and
+#: a few token-handler races, while a rejected request is logged by a request *handler*
+#: (``LightHttpHandler setExchangeStatus``, ``Oauth2TokenPostHandler ApiException``).  One
+#: ``level:ERROR`` share mixes both; an operator reads them apart by logger.
+HANDLER_LOGGER_REGEX = r"(?i)handler"
+CACHE_LOGGER_REGEX = r"(?i)cache|store|hazelcast"
+_HANDLER_RE = re.compile(HANDLER_LOGGER_REGEX)
+_CACHE_RE = re.compile(CACHE_LOGGER_REGEX)
+#: An HTTP status stated in a masked message (``statusCode=HTTP404``, ``error code HTTP500``).
+_HTTP_STATUS_RE = re.compile(r"HTTP([45])[0-9][0-9]")
+_CODE_RE = re.compile(ERROR_CODE_REGEX)
+#: HTTP status class (4 or 5) of the light-4j codes whose status.yml entry we know.
+CODE_STATUS_CLASS: dict[str, int] = {c: s.http_status // 100 for c, s in STATUS_CODES.items()}
+
+
+def logger_family(logger: str) -> str:
+    """``handler`` (request handlers), ``cache`` (cache / MapStore / Hazelcast) or ``other``."""
+    if _HANDLER_RE.search(logger):
+        return "handler"
+    if _CACHE_RE.search(logger):
+        return "cache"
+    return "other"
+
+
+def template_status_class(masked_text: str) -> int:
+    """4 / 5 when a template's text states an HTTP 4xx / 5xx status and carries no light-4j code
+    (an event with a code is counted through the code's status instead, so never twice); else 0."""
+    if _CODE_RE.search(masked_text):
+        return 0
+    m = _HTTP_STATUS_RE.search(masked_text)
+    return int(m.group(1)) if m else 0
 
 #: Columns ``featurize_events`` needs (``seq_id`` only for the file policy).
 REQUIRED_COLUMNS = (
@@ -243,7 +277,17 @@ class _RawLayout:
     distinct: int
     n_events: int
     duration_ms: int
+    err_handler: int
+    err_cache: int
+    status4: int
+    status5: int
     width: int
+    #: per template id (index = id): ERROR events of that template count as handler (1) / cache (2)
+    tpl_err_family: tuple[int, ...]
+    #: per template id: HTTP status class stated by the template text without a code (0, 4, 5)
+    tpl_status: tuple[int, ...]
+    #: raw column of the status class per error-code raw column (codes of known status only)
+    code_status_col: dict[int, int]
 
     @staticmethod
     def build(spec: FeatureSpec) -> _RawLayout:
@@ -257,6 +301,20 @@ class _RawLayout:
         stack_events, stack_lines = code_events + 1, code_events + 2
         failure, distinct = code_events + 3, code_events + 4
         n_events, duration_ms = code_events + 5, code_events + 6
+        err_handler, err_cache, status4, status5 = duration_ms + 1, duration_ms + 2, duration_ms + 3, duration_ms + 4
+        vocab = spec.vocabulary
+        fam = [0] * vocab.n_ids
+        status = [0] * vocab.n_ids
+        for t in vocab.templates:
+            if t.level == "ERROR":
+                fam[t.id] = {"handler": 1, "cache": 2}.get(logger_family(t.logger), 0)
+            status[t.id] = template_status_class(t.text)
+        code_pos = {c: code0 + i for i, c in enumerate(spec.error_codes)}
+        code_status_col = {
+            code_pos[c]: (status4 if CODE_STATUS_CLASS[c] == 4 else status5)
+            for c in spec.error_codes
+            if CODE_STATUS_CLASS.get(c) in (4, 5)
+        }
         names: list[str] = []
         seen: set[str] = set()
         for tid in spec.top_template_ids:
@@ -275,15 +333,22 @@ class _RawLayout:
             "share:failure_words",
             "rate:distinct_templates_per_100",
             "rate:events_per_s",
+            "share:error_events_handler",
+            "share:error_events_cache",
+            "share:error_events_other",
+            "share:http_4xx_events",
+            "share:http_5xx_events",
         ]
         return _RawLayout(
             n_top=n_top,
             top_pos={tid: i for i, tid in enumerate(spec.top_template_ids)},
-            code_pos={c: code0 + i for i, c in enumerate(spec.error_codes)},
+            code_pos=code_pos,
             feature_names=tuple(names),
             other=other, rare=rare, unseen=unseen, level0=level0, code0=code0, code_other=code_other,
             code_events=code_events, stack_events=stack_events, stack_lines=stack_lines, failure=failure,
-            distinct=distinct, n_events=n_events, duration_ms=duration_ms, width=duration_ms + 1,
+            distinct=distinct, n_events=n_events, duration_ms=duration_ms,
+            err_handler=err_handler, err_cache=err_cache, status4=status4, status5=status5, width=status5 + 1,
+            tpl_err_family=tuple(fam), tpl_status=tuple(status), code_status_col=code_status_col,
         )
 
     def template_column(self, tid: int) -> int:
@@ -309,7 +374,13 @@ def _features_from_raw(raw: np.ndarray, lay: _RawLayout) -> np.ndarray:
     distinct = 100.0 * raw[:, lay.distinct : lay.distinct + 1] / n_safe
     seconds = np.maximum(raw[:, lay.duration_ms : lay.duration_ms + 1] / 1000.0, 1.0)
     rate = n / seconds
-    return np.hstack([shares, rare_or_unseen, levels, codes, tail, distinct, rate])
+    n_error = raw[:, lay.level0 + LEVELS.index("ERROR") : lay.level0 + LEVELS.index("ERROR") + 1]
+    handler = raw[:, lay.err_handler : lay.err_handler + 1]
+    cache = raw[:, lay.err_cache : lay.err_cache + 1]
+    # ERROR events of other loggers or of rare/unseen templates (logger unknown): the remainder
+    families = np.hstack([handler, cache, n_error - handler - cache]) / n_safe
+    status = raw[:, [lay.status4, lay.status5]] / n_safe
+    return np.hstack([shares, rare_or_unseen, levels, codes, tail, distinct, rate, families, status])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,12 +430,21 @@ def raw_counts(acc: SequenceAccumulator, spec: FeatureSpec) -> np.ndarray:
 
 
 def _fill_raw(row: np.ndarray, acc: SequenceAccumulator, lay: _RawLayout) -> None:
+    fam, status, n_ids = lay.tpl_err_family, lay.tpl_status, len(lay.tpl_status)
     for tid, c in acc.template_counts.items():
         row[lay.template_column(tid)] += c
+        if 0 <= tid < n_ids:
+            if fam[tid]:
+                row[lay.err_handler if fam[tid] == 1 else lay.err_cache] += c
+            if status[tid]:
+                row[lay.status4 if status[tid] == 4 else lay.status5] += c
     for i, lv in enumerate(LEVELS):
         row[lay.level0 + i] = acc.level_counts.get(lv, 0)
     for code, c in acc.error_code_counts.items():
-        row[lay.code_other if code == ERR_OTHER else lay.code_column(code)] += c
+        col = lay.code_other if code == ERR_OTHER else lay.code_column(code)
+        row[col] += c
+        if col in lay.code_status_col:
+            row[lay.code_status_col[col]] += c
     row[lay.code_events] = acc.n_error_code_events
     row[lay.stack_events] = acc.n_stack_events
     row[lay.stack_lines] = acc.n_stack_lines
@@ -653,6 +733,16 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
     # templates: key -> raw column
     key_col = np.array([lay.template_column(int(t)) for t in key_tid], dtype=np.int64)
     np.add.at(raw, (s_idx, key_col[k_idx]), cnt)
+    # ERROR families and stated HTTP status classes, per template (same tables as _fill_raw)
+    fam_of = np.asarray(lay.tpl_err_family, dtype=np.int64)
+    status_of = np.asarray(lay.tpl_status, dtype=np.int64)
+    tid_k = key_tid[k_idx]
+    for table, value, column in (
+        (fam_of, 1, lay.err_handler), (fam_of, 2, lay.err_cache), (status_of, 4, lay.status4), (status_of, 5, lay.status5),
+    ):
+        hit = (tid_k >= 0) & (tid_k < table.size)
+        hit[hit] = table[tid_k[hit]] == value
+        np.add.at(raw[:, column], s_idx[hit], cnt[hit])
     # distinct template ids per sequence
     pairs = np.unique(np.stack([s_idx, key_tid[k_idx]]), axis=1)
     raw[:, lay.distinct] = np.bincount(pairs[0], minlength=n_seq)
@@ -668,7 +758,10 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
         df.select("seq_idx", "codes").explode("codes").drop_nulls("codes").group_by("seq_idx", "codes").len()
     )
     for s, code, c in codes.iter_rows():
-        raw[s, lay.code_column(code)] += c
+        col = lay.code_column(code)
+        raw[s, col] += c
+        if col in lay.code_status_col:
+            raw[s, lay.code_status_col[col]] += c
     seq_cols = seqs.select("n_code_events", "n_stack_events", "n_stack_lines", "n_events", "duration_ms").to_numpy()
     raw[:, lay.code_events] = seq_cols[:, 0]
     raw[:, lay.stack_events] = seq_cols[:, 1]
