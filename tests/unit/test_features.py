@@ -471,3 +471,41 @@ def test_generated_v2_batch_equals_incremental_and_flags_targets(generated_event
     err = fm.X[:, col["level:ERROR"]] + fm.X[:, col["rate:error_code_events"]]
     # most targeted sequences show more errors than a typical normal one
     assert np.mean(err[target] > np.median(err[normal])) > 0.7
+
+
+def test_error_share_per_logger_family_and_http_status_class() -> None:
+    """ERROR events split by logger family (handler / cache / other) and 4xx / 5xx status shares,
+    identical in batch and incremental; a status is counted once per event (code or stated text)."""
+    run, t0, th = "LO2_run_1739743201", 1_739_743_201_000 + 5_000, "XNIO-1 task-1"
+    lines = [_line(t0 + i, th, "c" * 22, "DEBUG", "c.n.openapi.ApiNormalisedPath", "<init>", "normalised = /oauth2/token")
+             for i in range(6)]
+    lines += [
+        _line(t0 + 10, th, "c" * 22, "ERROR", "c.networknt.handler.LightHttpHandler", "setExchangeStatus",
+              _status("ERR12013", 404, "USER_NOT_FOUND", "User admin is not found.")),
+        _line(t0 + 11, th, "c" * 22, "ERROR", "c.n.oauth.cache.ClientMapStore", "delete", "Exception:"),
+        "java.sql.SQLIntegrityConstraintViolationException: Cannot delete or update a parent row",
+        _line(t0 + 12, th, "c" * 22, "ERROR", "c.n.o.t.h.Oauth2TokenPostHandler", "handleRequest", "ApiException"),
+        "com.networknt.exception.ApiException: " + _status("ERR12007", 401, "UNAUTHORIZED_CLIENT", "wrong secret"),
+        "\tat com.networknt.oauth.token.handler.Oauth2TokenPostHandler.handleRequest(Oauth2TokenPostHandler.java:83)",
+        _line(t0 + 13, th, "c" * 22, "DEBUG", "io.undertow.request.io", "setResponseCode",
+              "Setting error code 500 for exchange HttpServerExchange{ DELETE /oauth2/client/abc}"),
+    ]
+    known = pl.DataFrame(parse_events(lines, run, "correct", "token"), schema=SCHEMA).with_columns(
+        pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
+    spec = fit_feature_spec(known, min_support=1, top_templates=50, hash_dims=64)
+    # a second sequence: an ERROR of a logger the vocabulary never saw (family unknown -> other)
+    novel = _line(t0 + 20, th, "c" * 22, "ERROR", "com.example.Thing", "run", "boom")
+    other = pl.DataFrame(parse_events([lines[0], novel], run, "correct", "user"), schema=SCHEMA).with_columns(
+        pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
+    events = pl.concat([known, other])
+    fm = featurize_events(events, spec)
+    assert_parity(fm, run_incremental(events, spec), spec)
+    names = list(spec.feature_names)
+    got = {s: {n: fm.X[i, names.index(n)] for n in names if n.startswith(("share:error_events", "share:http"))}
+           for i, s in enumerate(fm.meta["service"])}
+    assert got["token"] == {
+        "share:error_events_handler": 2 / 10, "share:error_events_cache": 1 / 10, "share:error_events_other": 0.0,
+        "share:http_4xx_events": 2 / 10, "share:http_5xx_events": 1 / 10,
+    }
+    assert got["user"]["share:error_events_other"] == 1 / 2
+    assert got["user"]["share:error_events_handler"] == got["user"]["share:http_4xx_events"] == 0.0
