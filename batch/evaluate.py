@@ -86,6 +86,9 @@ class EvaluationConfig:
     model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: One detector and threshold per service (scores then become margins over the threshold).
     per_service: bool = False
+    #: Keyword arguments of ``fit_feature_spec`` (``shared.features.feature_options(settings)``), so
+    #: the evaluated features are the ones ``lo2 train`` builds with the same settings.
+    feature_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in self.models:
@@ -257,13 +260,13 @@ def read_events(path: Path) -> pl.LazyFrame:
 CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s")
 
 
-def prepare(events: Events, split: RunSplit) -> Featurized:
+def prepare(events: Events, split: RunSplit, feature_options: Mapping[str, Any] | None = None) -> Featurized:
     """Fit the feature spec on the training runs' events and featurize every sequence once.
 
     The one implementation of ``batch.train`` (so evaluation measures what training builds); the
     canary input is narrowed to :data:`CANARY_COLUMNS`.
     """
-    data = featurize(events, split)
+    data = featurize(events, split, feature_options=feature_options)
     canary_all = np.asarray(data.inputs["canary"], dtype=np.float64)
     keep = [TRAIN_CANARY_COLUMNS.index(c) for c in CANARY_COLUMNS]
     data.inputs = {**data.inputs, "canary": canary_all[:, keep]}
@@ -397,7 +400,7 @@ def evaluate(
         split = split_runs(runs_of, config.fractions, seed=seed, order=config.split_order)
         if split.fingerprint not in prepared:
             t0 = time.perf_counter()
-            prepared[split.fingerprint] = prepare(events, split)
+            prepared[split.fingerprint] = prepare(events, split, config.feature_options)
             timings["featurize"] = timings.get("featurize", 0.0) + time.perf_counter() - t0
             splits.append(split)
         prep = prepared[split.fingerprint]

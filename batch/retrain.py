@@ -74,6 +74,8 @@ class RetrainConfig:
     services: tuple[str, ...] | None = None
     model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     keep_rejected: bool = True
+    #: Keyword arguments of ``fit_feature_spec`` (``shared.features.feature_options(settings)``).
+    feature_options: Mapping[str, Any] = field(default_factory=dict)
     #: Decide and record, but do not switch ``current``.
     dry_run: bool = False
 
@@ -97,6 +99,7 @@ class RetrainConfig:
             per_service=self.per_service,
             services=self.services,
             model_params=self.model_params,
+            feature_options=self.feature_options,
         )
 
 

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from batch import evaluate as ev
     from batch.registry import REGISTRY, parse_model_keys
     from shared.errors import Lo2Error
+    from shared.features import feature_options
 
     console = Console()
     if args.report_only:
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             threshold_quantile=percentile_to_quantile(args.if_threshold_percentile),
             model_params=_model_params(args),
             per_service=args.per_service,
+            feature_options=feature_options(settings),
         )
         out_dir = args.out or (settings.artifacts_dir / "evaluation")
         if args.root is not None:

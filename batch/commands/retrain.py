@@ -73,6 +73,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     console = Console()
     model_dir: Path = args.model_dir or settings.model_dir
+    from shared.features import feature_options
+
     try:
         label = {"paper": "anomaly", "service": "anomaly_service"}.get(args.label or "", settings.retrain_label)
         config = RetrainConfig(
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             services=tuple(s.strip() for s in args.services.split(",") if s.strip()) or None,
             keep_rejected=_pick(args.keep_rejected, settings.retrain_keep_rejected),
             dry_run=args.dry_run,
+            feature_options=feature_options(settings),
         )
         from batch.registry import get_spec
 

@@ -95,10 +95,15 @@ def test_nightly_retrain_promotes_only_better_challengers(
     assert not gone.promoted and not Path(gone.challenger.path or "").exists()
     assert _record(gone.record_path)["challenger"]["metrics"]["roc_auc"] is not None
 
-    # 5. a dry run decides and records, but never switches `current`
-    dry_cfg = RetrainConfig(model="if", seed=43, margin=0.0, alert_rate_tolerance=1.0, fractions=FRACTIONS, dry_run=True)
-    dry = retrain(events, dry_cfg, tmp_path)
+    # 5. a dry run decides and records, but never switches `current`: in a model folder without a
+    #    champion the verdict is always "promote" (no score comparison to depend on), yet no
+    #    `current` pointer may appear; next to the real champion, `current` stays where it was.
+    dry_cfg = RetrainConfig(model="if", seed=43, fractions=FRACTIONS, dry_run=True)
+    dry = retrain(events, dry_cfg, tmp_path / "dry")
     assert dry.promoted and _record(dry.record_path)["dry_run"] is True
+    assert not (tmp_path / "dry" / "current").exists()
+    dry_next_to_champion = retrain(events, dry_cfg, tmp_path)
+    assert _record(dry_next_to_champion.record_path)["dry_run"] is True
     assert current_target(tmp_path) == good_dir
 
     # 6. a champion that no longer loads (checksum broken) is replaced
