@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -98,6 +99,22 @@ _CODE_RE = re.compile(ERROR_CODE_REGEX)
 CODE_STATUS_CLASS: dict[str, int] = {c: s.http_status // 100 for c, s in STATUS_CODES.items()}
 
 
+def code_surprise_milli(code_counts: dict[str, int], code: str | None) -> int:
+    """How surprising one event with ``code`` is, in milli-nats: ``round(1000 * ln(total / count))``
+    over the training events' code counts; a code never seen in training (or ``None`` = a code
+    outside the spec) gets ``ln(total) + 1``.  Why: normal LO2 traffic has a few background codes
+    (ERR12029 refresh races, ERR12008, ERR12014) at a low rate; an IsolationForest trained on
+    ``correct`` cannot split on per-code columns that are always 0 there, but it can on this
+    weighted rate, which varies in normal data and jumps when an uncommon code appears.  Integer
+    weights keep batch and incremental sums bit-identical."""
+    total = sum(code_counts.values())
+    if total == 0:
+        return 1000
+    count = code_counts.get(code, 0) if code is not None else 0
+    nats = math.log(total / count) if count > 0 else math.log(total) + 1.0
+    return round(1000 * nats)
+
+
 def logger_family(logger: str) -> str:
     """``handler`` (request handlers), ``cache`` (cache / MapStore / Hazelcast) or ``other``."""
     if _HANDLER_RE.search(logger):
@@ -164,6 +181,8 @@ class FeatureSpec:
     error_codes: tuple[str, ...]
     hash_dims: int
     token_names: dict[int, str] = field(default_factory=dict)
+    #: events carrying each error code in the training events (for ``rate:error_code_surprise``)
+    code_counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.hash_dims < 1:
@@ -173,6 +192,9 @@ class FeatureSpec:
             raise ConfigError(f"top_template_ids {bad} are not real templates of the vocabulary")
         if len(set(self.error_codes)) != len(self.error_codes):
             raise ConfigError("error_codes of a feature spec must be distinct")
+        bad_counts = {c: n for c, n in self.code_counts.items() if n < 0}
+        if bad_counts:
+            raise ConfigError(f"code_counts must be >= 0, got {bad_counts}")
         # Raw layout (see _raw_layout) computed once.
         object.__setattr__(self, "_layout", _RawLayout.build(self))
 
@@ -213,6 +235,7 @@ class FeatureSpec:
             "error_codes": list(self.error_codes),
             "hash_dims": self.hash_dims,
             "token_names": {str(k): v for k, v in sorted(self.token_names.items())},
+            "code_counts": dict(sorted(self.code_counts.items())),
             "feature_names": list(self.feature_names),
         }
 
@@ -230,6 +253,7 @@ class FeatureSpec:
                 error_codes=tuple(str(c) for c in data["error_codes"]),
                 hash_dims=int(data["hash_dims"]),
                 token_names={int(k): str(v) for k, v in data["token_names"].items()},
+                code_counts={str(k): int(v) for k, v in data.get("code_counts", {}).items()},
             )
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelLoadError(f"feature spec JSON is malformed: {exc!r}") from exc
@@ -281,6 +305,7 @@ class _RawLayout:
     err_cache: int
     status4: int
     status5: int
+    surprise: int
     width: int
     #: per template id (index = id): ERROR events of that template count as handler (1) / cache (2)
     tpl_err_family: tuple[int, ...]
@@ -288,6 +313,8 @@ class _RawLayout:
     tpl_status: tuple[int, ...]
     #: raw column of the status class per error-code raw column (codes of known status only)
     code_status_col: dict[int, int]
+    #: surprise weight (milli-nats, an integer so both paths sum exactly) per error-code raw column
+    code_weight: dict[int, int]
 
     @staticmethod
     def build(spec: FeatureSpec) -> _RawLayout:
@@ -302,6 +329,7 @@ class _RawLayout:
         failure, distinct = code_events + 3, code_events + 4
         n_events, duration_ms = code_events + 5, code_events + 6
         err_handler, err_cache, status4, status5 = duration_ms + 1, duration_ms + 2, duration_ms + 3, duration_ms + 4
+        surprise = status5 + 1
         vocab = spec.vocabulary
         fam = [0] * vocab.n_ids
         status = [0] * vocab.n_ids
@@ -315,6 +343,8 @@ class _RawLayout:
             for c in spec.error_codes
             if CODE_STATUS_CLASS.get(c) in (4, 5)
         }
+        code_weight = {col: code_surprise_milli(spec.code_counts, c) for c, col in code_pos.items()}
+        code_weight[code_other] = code_surprise_milli(spec.code_counts, None)
         names: list[str] = []
         seen: set[str] = set()
         for tid in spec.top_template_ids:
@@ -338,6 +368,7 @@ class _RawLayout:
             "share:error_events_other",
             "share:http_4xx_events",
             "share:http_5xx_events",
+            "rate:error_code_surprise",
         ]
         return _RawLayout(
             n_top=n_top,
@@ -347,8 +378,9 @@ class _RawLayout:
             other=other, rare=rare, unseen=unseen, level0=level0, code0=code0, code_other=code_other,
             code_events=code_events, stack_events=stack_events, stack_lines=stack_lines, failure=failure,
             distinct=distinct, n_events=n_events, duration_ms=duration_ms,
-            err_handler=err_handler, err_cache=err_cache, status4=status4, status5=status5, width=status5 + 1,
-            tpl_err_family=tuple(fam), tpl_status=tuple(status), code_status_col=code_status_col,
+            err_handler=err_handler, err_cache=err_cache, status4=status4, status5=status5, surprise=surprise,
+            width=surprise + 1, tpl_err_family=tuple(fam), tpl_status=tuple(status), code_status_col=code_status_col,
+            code_weight=code_weight,
         )
 
     def template_column(self, tid: int) -> int:
@@ -380,7 +412,8 @@ def _features_from_raw(raw: np.ndarray, lay: _RawLayout) -> np.ndarray:
     # ERROR events of other loggers or of rare/unseen templates (logger unknown): the remainder
     families = np.hstack([handler, cache, n_error - handler - cache]) / n_safe
     status = raw[:, [lay.status4, lay.status5]] / n_safe
-    return np.hstack([shares, rare_or_unseen, levels, codes, tail, distinct, rate, families, status])
+    surprise = raw[:, lay.surprise : lay.surprise + 1] / 1000.0 / n_safe
+    return np.hstack([shares, rare_or_unseen, levels, codes, tail, distinct, rate, families, status, surprise])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,6 +476,7 @@ def _fill_raw(row: np.ndarray, acc: SequenceAccumulator, lay: _RawLayout) -> Non
     for code, c in acc.error_code_counts.items():
         col = lay.code_other if code == ERR_OTHER else lay.code_column(code)
         row[col] += c
+        row[lay.surprise] += c * lay.code_weight[col]
         if col in lay.code_status_col:
             row[lay.code_status_col[col]] += c
     row[lay.code_events] = acc.n_error_code_events
@@ -584,15 +618,16 @@ def fit_feature_spec(
     if counts.height == 0:
         raise ConfigError("fit_feature_spec: the training events table is empty")
     vocab = learn_vocabulary(counts.iter_rows(), min_support=min_support, drain=drain)
-    seen_codes = (
-        base.select(_code_text().str.extract_all(ERROR_CODE_REGEX).alias("c"))
+    code_count_rows = (
+        base.select(_code_text().str.extract_all(ERROR_CODE_REGEX).list.unique().alias("c"))
         .explode("c")
         .drop_nulls()
-        .unique()
+        .group_by("c")
+        .len()
         .collect()
-        .get_column("c")
-        .to_list()
     )
+    code_counts = {str(c): int(n) for c, n in code_count_rows.iter_rows()}
+    seen_codes = list(code_counts)
     codes = tuple(sorted(set(KNOWN_ERROR_CODES) | set(seen_codes)))
     top = tuple(t.id for t in vocab.templates[:top_templates])
     token_names: dict[int, str] = {}
@@ -608,6 +643,7 @@ def fit_feature_spec(
         error_codes=codes,
         hash_dims=hash_dims,
         token_names=token_names,
+        code_counts=code_counts,
     )
     log.info(
         "feature spec: %d templates (%d as columns), %d error codes, %d dense features, %d hash dims",
@@ -760,6 +796,7 @@ def featurize_events(events: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> 
     for s, code, c in codes.iter_rows():
         col = lay.code_column(code)
         raw[s, col] += c
+        raw[s, lay.surprise] += c * lay.code_weight[col]
         if col in lay.code_status_col:
             raw[s, lay.code_status_col[col]] += c
     seq_cols = seqs.select("n_code_events", "n_stack_events", "n_stack_lines", "n_events", "duration_ms").to_numpy()

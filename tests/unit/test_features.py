@@ -376,7 +376,7 @@ def test_unlabelled_tables_without_stacks_are_fine(events: pl.DataFrame, spec: F
     assert bare.meta["anomaly"].null_count() == bare.n_sequences
     # codes (and the HTTP status class they give) may sit in stack traces: those columns may differ
     cols = [j for j, n in enumerate(spec.feature_names) if "stack" not in n and not n.startswith("err:")
-            and n != "rate:error_code_events" and not n.startswith("share:http_")]
+            and n not in ("rate:error_code_events", "rate:error_code_surprise") and not n.startswith("share:http_")]
     assert np.array_equal(bare.X[:, cols], full.X[:, cols])
     with_null = events.with_columns(pl.when(pl.col("line_no") == 5).then(None).otherwise(pl.col("message")).alias("message"))
     assert np.isfinite(featurize_events(with_null, spec).X).all()
@@ -509,3 +509,37 @@ def test_error_share_per_logger_family_and_http_status_class() -> None:
     }
     assert got["user"]["share:error_events_other"] == 1 / 2
     assert got["user"]["share:error_events_handler"] == got["user"]["share:http_4xx_events"] == 0.0
+
+
+def test_error_code_surprise_weights_uncommon_codes_more() -> None:
+    """``rate:error_code_surprise``: mean surprise (ln(total / count) over training code counts) of the
+    codes per event; a code never seen in training weighs ln(total) + 1; batch == incremental."""
+    run, t0, th = "LO2_run_1739743201", 1_739_743_201_000 + 5_000, "XNIO-1 task-1"
+
+    def status_line(i: int, code: str) -> str:
+        return _line(t0 + i, th, "c" * 22, "ERROR", "c.networknt.handler.LightHttpHandler", "setExchangeStatus",
+                     _status(code, 404, "X", "x"))
+
+    def table(lines: list[str], service: str) -> pl.DataFrame:
+        return pl.DataFrame(parse_events(lines, run, "correct", service), schema=SCHEMA).with_columns(
+            pl.col("timestamp").cast(pl.Datetime("ms", "UTC")))
+
+    common = [status_line(i, "ERR12029") for i in range(9)]
+    train = table([*common, status_line(20, "ERR12013")], "token")  # 9 common + 1 uncommon code events
+    spec = fit_feature_spec(train, min_support=1, top_templates=10, hash_dims=64)
+    assert spec.code_counts == {"ERR12029": 9, "ERR12013": 1}
+    assert FeatureSpec.from_json(spec.to_json()).code_counts == spec.code_counts
+    plain = _line(t0 + 30, th, "c" * 22, "DEBUG", "c.n.openapi.ApiNormalisedPath", "<init>", "normalised = /x")
+    events = pl.concat([
+        table([status_line(40, "ERR12029"), plain], "client"),
+        table([status_line(41, "ERR12013"), plain], "code"),
+        table([status_line(42, "ERR11004"), plain], "user"),  # never seen in training
+    ])
+    fm = featurize_events(events, spec)
+    assert_parity(fm, run_incremental(events, spec), spec)
+    col = list(spec.feature_names).index("rate:error_code_surprise")
+    got = dict(zip(fm.meta["service"], fm.X[:, col], strict=True))
+    assert got["client"] == round(1000 * np.log(10 / 9)) / 1000 / 2
+    assert got["code"] == round(1000 * np.log(10 / 1)) / 1000 / 2
+    assert got["user"] == round(1000 * (np.log(10) + 1)) / 1000 / 2
+    assert got["client"] < got["code"] < got["user"]
