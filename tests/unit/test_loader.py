@@ -393,6 +393,20 @@ def test_outputs_follow_the_contract_and_batches_do_not_change_them(five_runs: P
     assert row["seq_id"] == file_seq_id(row["run"], row["test_case"], row["service"])
 
 
+def test_a_failure_mid_load_leaves_no_output_behind(five_runs: Path, tmp_path: Path) -> None:
+    """Batches are written on a second thread: an error while one is in flight still aborts cleanly."""
+    calls: list[int] = []
+
+    def progress(files: int, runs_done: int, runs_total: int, lines: int) -> None:
+        calls.append(files)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load_runs(five_runs, make_selection(), tmp_path / "o", batch_bytes=1, progress=progress)
+    assert list((tmp_path / "o").iterdir()) == []
+
+
 def test_no_output_dir_only_counts(five_runs: Path, tmp_path: Path) -> None:
     s = load_runs(five_runs, make_selection(runs=1), None)
     assert s.outputs == {} and s.lines > 0
