@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     worker_idle_after_s: float = Field(
         default=5.0, gt=0, description="Wall seconds without input after which event time is advanced to close idle sequences."
     )
+    worker_faust_metrics: bool = Field(
+        default=True,
+        description="Also expose Faust's own Prometheus sensor on /metrics (costs tens of microseconds per record).",
+    )
     worker_online_model: bool = Field(default=True, description="Score with River HalfSpaceTrees alongside the bundle.")
     worker_live_stream: str = Field(default="live", description="Run name given to records without a run (live shippers).")
     worker_max_record_bytes: int = Field(default=1_048_576, ge=1, description="Larger input records go to the DLQ (too_large).")

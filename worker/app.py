@@ -63,6 +63,8 @@ class WorkerRuntime:
     last_model_check: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(default_factory=time.monotonic)
     stream: Any = None
+    buffer: list[Any] = field(default_factory=list)
+    buffer_started: float = field(default_factory=time.monotonic)
     unacked: list[Any] = field(default_factory=list)
     inflight: list[Any] = field(default_factory=list)
     pending_changes: dict[str, StateChange] = field(default_factory=dict)
@@ -163,6 +165,12 @@ class WorkerRuntime:
         )
 
     # ------------------------------------------------------------------ entry points
+
+    async def flush_buffer(self) -> None:
+        events, self.buffer = self.buffer, []
+        self.buffer_started = time.monotonic()
+        if events:
+            await self.process_events(events)
 
     async def process_events(self, events: list[Any]) -> None:
         async with self.lock:
@@ -294,10 +302,21 @@ def create_app(
 
     @app.agent(input_topic, name="lo2-sequences")
     async def sequences(stream: faust.StreamT[bytes]) -> None:
-        runtime.stream = stream
-        # noack_take: the events are acked by runtime.checkpoint(), after their effects are durable.
-        async for events in stream.noack_take(batch_max, within=within):  # type: ignore[attr-defined]
-            await runtime.process_events(events)
+        # noack: events are acked by runtime.checkpoint(), after their effects are durable.  The
+        # batch is collected here rather than with Faust's take(): that costs one buffer processor
+        # and several task switches per record, a third of the time of a one-line record.
+        manual = stream.noack()
+        runtime.stream = manual
+        async for event in manual.events():
+            runtime.buffer.append(event)
+            if len(runtime.buffer) >= batch_max or time.monotonic() - runtime.buffer_started >= within:
+                await runtime.flush_buffer()
+
+    @app.timer(interval=within)
+    async def flush_stale() -> None:
+        # A batch that stopped filling (the stream paused) is processed within ``within`` seconds.
+        if runtime.buffer and time.monotonic() - runtime.buffer_started >= within:
+            await runtime.flush_buffer()
 
     @app.timer(interval=settings.worker_tick_s)
     async def tick() -> None:
@@ -317,5 +336,14 @@ def create_app(
         for name in (settings.anomalies_topic, settings.dlq_topic) + ((settings.scores_topic,) if settings.worker_emit_scores else ()):
             await app.topic(name, partitions=parts).maybe_declare()
 
-    setup_prometheus_sensors(app, registry=metrics.registry, name_prefix=f"lo2_faust_{settings.app_id}")
+    if settings.worker_faust_metrics:
+        setup_prometheus_sensors(app, registry=metrics.registry, name_prefix=f"lo2_faust_{settings.app_id}")
+    else:
+        from aiohttp.web import Response
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        @app.page("/metrics")
+        async def metrics_page(self: Any, request: Any) -> Any:
+            return Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     return runtime
