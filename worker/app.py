@@ -174,7 +174,10 @@ class WorkerRuntime:
 
     async def process_events(self, events: list[Any]) -> None:
         async with self.lock:
-            self._restore_if_needed()
+            if not self.app.rebalancing:
+                # Records fetched before a rebalance are folded into the state they were read under;
+                # the rebuild from the table waits until the new assignment is settled.
+                self._restore_if_needed()
             engine = self.engine
             budget = self.settings.worker_yield_every_lines
             for ev in events:
