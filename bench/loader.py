@@ -140,7 +140,7 @@ def child_ours(root: Path, out: Path, batch_mb: int) -> dict[str, float]:
     from batch.loader import load_runs, make_selection
 
     t0, c0 = time.perf_counter(), time.process_time()
-    s = load_runs(root, make_selection(trim_init_lines=0), out, batch_bytes=batch_mb << 20)
+    s = load_runs(root, make_selection(trim_mode="none"), out, batch_bytes=batch_mb << 20)
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "lines": s.lines,
             "events": s.events_written, "peak_rss_mb": _peak_rss_mb()}
 
