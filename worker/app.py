@@ -174,10 +174,7 @@ class WorkerRuntime:
 
     async def process_events(self, events: list[Any]) -> None:
         async with self.lock:
-            if not self.app.rebalancing:
-                # Records fetched before a rebalance are folded into the state they were read under;
-                # the rebuild from the table waits until the new assignment is settled.
-                self._restore_if_needed()
+            self._restore_if_needed()
             engine = self.engine
             budget = self.settings.worker_yield_every_lines
             for ev in events:
@@ -326,7 +323,9 @@ def create_app(
         await runtime.tick()
 
     async def _rebalanced(*args: Any, **kwargs: Any) -> None:
-        # Make what we did durable (and ack it) before partitions move, then rebuild from the table.
+        # Fold in what was fetched under the old assignment, make it durable (and ack it) before
+        # partitions move, then rebuild from the table on the next batch.
+        await runtime.flush_buffer()
         async with runtime.lock:
             await runtime.checkpoint()
             runtime.needs_restore = True
