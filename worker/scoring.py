@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from shared import bundle as bundle_mod
 from shared.errors import Lo2Error, ModelLoadError
-from shared.features import FeatureSpec, canary_features, vectorize, vectorize_tokens
+from shared.features import FeatureSpec, vectorize_many
 from shared.records import Explanation
 from shared.sequences import ClosedSequence, Encoder, SequenceAccumulator, SequencePolicy
 from worker.telemetry import WorkerMetrics
@@ -65,7 +65,7 @@ class LoadedModel:
     def load(cls, path: Path) -> LoadedModel:
         """Load and verify; :class:`ModelLoadError` when the bundle cannot be used by the worker."""
         b = bundle_mod.load(path)
-        if b.input_kind not in ("numeric", "tokens", "canary"):
+        if b.input_kind.partition("+")[0] not in ("numeric", "tokens", "canary", "aggregates"):
             raise ModelLoadError(f"bundle {path}: input kind {b.input_kind!r} cannot be scored live (numeric, tokens or canary)")
         policy = SequencePolicy.from_dict(b.sequence_policy) if b.sequence_policy else b.feature_spec.policy
         spec: FeatureSpec = b.feature_spec
@@ -74,25 +74,6 @@ class LoadedModel:
 
             explainer_for(b).warm_up()  # build SHAP's TreeExplainer now, not on the first anomaly
         return cls(bundle=b, path=Path(path).resolve(), policy=policy, spec=spec, encoder=spec.encoder())
-
-
-def feature_matrix(model: LoadedModel, accs: Sequence[SequenceAccumulator]) -> Any:
-    """The bundle's input rows for these sequences (dense for numeric/canary, CSR for tokens)."""
-    kind = model.bundle.input_kind
-    if kind == "numeric":
-        return np.vstack([vectorize(a, model.spec) for a in accs])
-    if kind == "tokens":
-        return sp.vstack([vectorize_tokens(a, model.spec) for a in accs]).tocsr()
-    import polars as pl
-
-    meta = pl.DataFrame(
-        {
-            "n_events": [a.n_events for a in accs],
-            "duration_s": [a.duration_s for a in accs],
-            "n_stack_lines": [a.n_stack_lines for a in accs],
-        }
-    )
-    return canary_features(meta)[0]
 
 
 @dataclass(frozen=True)
@@ -140,6 +121,8 @@ class Scorer:
         self.online_enabled = online
         self.seed = seed
         self._online: dict[str, OnlineModel] = {}
+        self._drift: Any = None
+        self._drift_model: LoadedModel | None = None
 
     def _online_for(self, model: LoadedModel) -> OnlineModel | None:
         if not self.online_enabled:
@@ -149,25 +132,44 @@ class Scorer:
             om = self._online[model.fingerprint] = OnlineModel(model.spec.feature_names, seed=self.seed)
         return om
 
+    def _drift_for(self, model: LoadedModel) -> Any:
+        """PSI monitor of live scores/features against the bundle's reference (worker/drift.py)."""
+        if not model.bundle.reference:
+            return None
+        if self._drift is None:
+            from worker.drift import DriftMonitor
+
+            self._drift = DriftMonitor.from_reference(model.bundle.reference, self.metrics.registry)
+            self._drift_model = model
+        elif self._drift_model is not model:
+            self._drift.load_reference(model.bundle.reference)
+            self._drift_model = model
+        return self._drift
+
     def score(self, closed: Sequence[ClosedSequence], model: LoadedModel) -> list[ScoredSequence]:
-        """Score sequences that were encoded with ``model`` (one ``bundle.score`` call)."""
+        """Score sequences that were encoded with ``model`` (one ``score_accumulators`` call)."""
         if not closed:
             return []
         t0 = time.perf_counter()
         accs = [c.accumulator for c in closed]
-        services = [a.service for a in accs]
-        X = feature_matrix(model, accs)
-        per_service = model.bundle.per_service
-        scores = bundle_mod.score(model.bundle, X, services if per_service else None)
-        thresholds = bundle_mod.thresholds_for(model.bundle, len(accs), services if per_service else None)
-        flagged = scores >= thresholds
+        # The bundle picks its own stored columns (bundle_inputs): rows equal the batch path's.
+        res = bundle_mod.score_accumulators(model.bundle, accs)
+        X, scores, thresholds, flagged = res.X, res.scores, res.thresholds, res.alerts
         online_scores: list[float | None] = [None] * len(accs)
         om = self._online_for(model)
         if om is not None:
-            numeric = X if model.bundle.input_kind == "numeric" else np.vstack([vectorize(a, model.spec) for a in accs])
             before = om.learned
-            online_scores = list(om.score_and_learn(numeric, flagged))
+            online_scores = list(om.score_and_learn(vectorize_many(accs, model.spec), flagged))
             self.metrics.online_learned.inc(om.learned - before)
+        drift = self._drift_for(model)
+        if drift is not None:
+            dense = None if sp.issparse(X) else np.asarray(X)
+            if model.bundle.per_service:
+                for service in set(res.services):
+                    idx = [i for i, s in enumerate(res.services) if s == service]
+                    drift.observe(service, scores[idx], None if dense is None else dense[idx])
+            else:
+                drift.observe(bundle_mod.ALL, scores, dense)
         self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
         self.metrics.scoring_batch_size.observe(len(accs))
         rows = X if sp.issparse(X) else np.asarray(X)
@@ -204,7 +206,8 @@ def explain(scored: ScoredSequence) -> Explanation:
         from shared.explain import explain_sequence
 
         try:
-            ex = explain_sequence(bundle, scored.row, lines, top_k=TOP_FEATURES, max_evidence=MAX_EVIDENCE)
+            ex = explain_sequence(bundle, scored.row, acc.evidence, top_k=TOP_FEATURES, max_evidence=MAX_EVIDENCE,
+                                  service=acc.service)
             return Explanation.model_validate(ex.model_dump())
         except (Lo2Error, ValueError, IndexError) as exc:
             log.warning("explanation of sequence %s failed, sending evidence only: %s", acc.seq_id, exc)
