@@ -193,7 +193,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
             data_dir = out_dir / "data"
             console.print(f"loading runs under {args.root} into {data_dir}")
-            load_runs(args.root, make_selection(seed=first, trim_init_lines=settings.trim_init_lines), data_dir)
+            load_runs(args.root, make_selection(seed=first, trim_init_lines=settings.trim_init_lines, trim_mode=settings.trim_mode), data_dir)
             events_path = data_dir
         else:
             events_path = args.input or _default_events(settings)

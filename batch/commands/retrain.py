@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             from batch.loader import load_runs, make_selection
 
             data_dir = model_dir / ".retrain-data"
-            load_runs(args.root, make_selection(seed=config.seed, trim_init_lines=settings.trim_init_lines), data_dir)
+            load_runs(args.root, make_selection(seed=config.seed, trim_init_lines=settings.trim_init_lines, trim_mode=settings.trim_mode), data_dir)
             events = read_events(data_dir)
         else:
             events = read_events(args.input or settings.parquet_dir)

@@ -121,7 +121,7 @@ def _read_events(args: argparse.Namespace, settings: Settings) -> pl.LazyFrame:
         out = settings.cache_dir / "train-events" / key
         shutil.rmtree(out, ignore_errors=True)
         selection = make_selection(service_types=args.services, seed=_seed(args, settings),
-                                   trim_init_lines=settings.trim_init_lines)
+                                   trim_init_lines=settings.trim_init_lines, trim_mode=settings.trim_mode)
         load_runs(args.root, selection, _ensure(out), write_sequences=False)
         return pl.scan_parquet(out / EVENTS_FILE)
     path = args.input or settings.parquet_dir / "events.parquet"
