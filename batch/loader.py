@@ -535,7 +535,7 @@ def _classified(lines: pl.LazyFrame) -> pl.LazyFrame:
     kind = (
         pl.when(is_event)
         .then(pl.lit(_EVENT))
-        .when(~t.str.contains(r"\S"))  # blank; a regex test allocates nothing, strip_chars would
+        .when(~t.str.contains(r"[^ \t\n\r\f\v]"))  # blank (shared.parsing.BLANK_CHARS); a regex test allocates nothing, strip_chars would
         .then(pl.lit(_BLANK))
         .when(t.str.contains(TIME_PREFIX_REGEX))
         .then(pl.lit(_MALFORMED))

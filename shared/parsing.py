@@ -31,12 +31,18 @@ import re
 from dataclasses import dataclass
 
 #: Named groups: time, thread, correlation_id, level, logger, method, message.
+#: ``[0-9]`` and an explicit whitespace class instead of ``\d``/``\S``: Python's ``re`` treats
+#: non-ASCII digits and U+001C–U+001F as digits/whitespace and Rust's ``regex`` does not, which made
+#: the loader and the worker disagree on crafted lines.
+_NS = r"[^ \t\n\r\f\v]"
 LINE_REGEX = (
-    r"^(?P<time>\d{2}:\d{2}:\d{2}\.\d{3}) \[(?P<thread>[^\]]*)\] +(?P<correlation_id>\S*) +"
-    r"(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +(?P<logger>\S+) +(?P<method>\S+) - (?P<message>.*)$"
+    r"^(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}) \[(?P<thread>[^\]]*)\] +(?P<correlation_id>" + _NS + r"*) +"
+    r"(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +(?P<logger>" + _NS + r"+) +(?P<method>" + _NS + r"+) - (?P<message>.*)$"
 )
 #: A line that starts like an event (used to tell malformed events from continuation lines).
-TIME_PREFIX_REGEX = r"^\d{2}:\d{2}:\d{2}\.\d{3}"
+TIME_PREFIX_REGEX = r"^[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}"
+#: What counts as blank (the same set in Python and in the Polars loader).
+BLANK_CHARS = " \t\n\r\f\v"
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 #: The seven Light-OAuth2 services (short names as used everywhere in lo2-stream).
@@ -71,7 +77,7 @@ class ParsedLine:
 
 def classify(line: str) -> LineKind:
     """Say what kind of line this is (see the module docstring)."""
-    if not line.strip():
+    if not line.strip(BLANK_CHARS):
         return LineKind.BLANK
     if _LINE_RE.match(line):
         return LineKind.EVENT
