@@ -50,6 +50,7 @@ from shared import catalog
 from shared.errors import ConfigError, DataLayoutError
 from shared.parsing import LINE_REGEX, MS_PER_DAY, SERVICES, TIME_PREFIX_REGEX, file_seq_id
 from shared.redaction import redact
+from shared.startup import STARTUP_MAIN_THREAD, TRAFFIC_THREAD_REGEX
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,7 @@ TrimMode = Literal["startup", "lines", "none"]
 TRIM_MODES: tuple[str, ...] = get_args(TrimMode)
 #: ``trim_init_lines`` of the "lines" mode when none is given (LogLead fork's ``init_lines_to_skip``).
 DEFAULT_TRIM_INIT_LINES = 100
-#: Threads that serve traffic: Undertow request threads and Hazelcast partition threads (cache
-#: reads/writes caused by requests).  A start-up block ends at the first event on one of them.
-TRAFFIC_THREAD_REGEX = r"^XNIO-|\.partition-operation\."
-#: The JVM's start-up thread: light-4j's ``Server`` logs its whole start-up on it and never again.
-STARTUP_MAIN_THREAD = "main"
+# The start-up rule lives in shared.startup (the replay applies it too); see its docstring.
 _THREAD_OF_EVENT = r"^.{12} \[([^\]]*)\]"  # events only: their first 12 characters are an ASCII time
 
 #: (test_case, service) -> does the test case's error show in this service's log?
