@@ -368,10 +368,13 @@ class SequenceBuilder:
         self.stats = BuilderStats()
         self._watermark: dict[tuple[str, str], int] = {}  # (run, service) -> newest event time
         self._global_watermark: int | None = None  # newest event time overall
+        # (source, run) -> newest event time; source = the input partition in the worker (None in batch)
+        self._run_watermark: dict[tuple[object, str], int] = {}
+        self._source_of: dict[str, object] = {}  # seq id -> source it arrives from
         self._closed_end: dict[tuple[str, str], int] = {}  # (run, service) -> end of newest closed window
         self._windows: dict[tuple[str, str], dict[int, str]] = {}  # (run, service) -> {window start: seq id}
         self._idle_step = max(self.policy.idle_gap_ms // 4, 1)
-        self._idle_tick: int | None = None
+        self._idle_tick: dict[tuple[object, str], int] = {}  # (source, run) -> last idle-scan tick
         self._file_ids: dict[tuple[str, str, str], str] = {}  # cache of file_seq_id (a hash per event otherwise)
         for key, acc in list(self.store.items()):
             if acc.last_ms is not None:
@@ -400,8 +403,13 @@ class SequenceBuilder:
         ws = self.policy.window_start_ms(event.timestamp_ms)
         return window_seq_id(event.run, event.service, ws), ws
 
-    def add(self, event: Event) -> list[ClosedSequence]:
-        """Fold one event in; return the sequences this event's time completes (often none)."""
+    def add(self, event: Event, source: object = None) -> list[ClosedSequence]:
+        """Fold one event in; return the sequences this event's time completes (often none).
+
+        ``source`` names the ordered input the event came from (the worker passes the Kafka
+        partition; one sequence always arrives from one source).  File sequences are judged idle
+        against the event time of their own (source, run) only, see ``_close_idle_files``.
+        """
         self.stats.events += 1
         seq_id, ws = self.key_of(event)
         stream = (event.run, event.service)
@@ -428,13 +436,23 @@ class SequenceBuilder:
         self._advance(event.run, event.service, event.timestamp_ms)
         if self.policy.kind == "window":
             return self._close_windows(stream, self._watermark[stream] - self.policy.lateness_ms, "window")
-        assert self._global_watermark is not None
-        tick = self._global_watermark // self._idle_step
-        if self._idle_tick is None:
-            self._idle_tick = tick
-        elif tick > self._idle_tick:
-            self._idle_tick = tick
-            return self._close_idle_files(self._global_watermark)
+        # The idle gap is measured against the event time of the sequence's own run *in its own
+        # source*, not the newest time seen anywhere: a replay moving on to the next run (hours
+        # later) or one partition being consumed ahead of another must not close sequences whose
+        # end markers are on their way.  End markers stay the primary close signal.
+        src = (source, event.run)
+        self._source_of[seq_id] = source
+        ts = event.timestamp_ms
+        run_wm = self._run_watermark.get(src)
+        if run_wm is None or ts > run_wm:
+            run_wm = self._run_watermark[src] = ts
+        tick = run_wm // self._idle_step
+        last_tick = self._idle_tick.get(src)
+        if last_tick is None:
+            self._idle_tick[src] = tick
+        elif tick > last_tick:
+            self._idle_tick[src] = tick
+            return self._close_idle_files(run_wm, run=event.run, source=source)
         return []
 
     def _close_windows(self, stream: tuple[str, str], up_to_ms: int, reason: CloseReason) -> list[ClosedSequence]:
@@ -454,17 +472,20 @@ class SequenceBuilder:
             del self._windows[stream]
         return out
 
-    def _close_idle_files(self, now_ms: int) -> list[ClosedSequence]:
+    def _close_idle_files(self, now_ms: int, run: str | None = None, source: object = None) -> list[ClosedSequence]:
+        """Close file sequences idle for the gap at ``now_ms``; with ``run``, only that run's from ``source``."""
         gap = self.policy.idle_gap_ms
         due = [
             (acc.first_ms or 0, key)
             for key, acc in list(self.store.items())
             if acc.last_ms is not None and now_ms - acc.last_ms >= gap
+            and (run is None or (acc.run == run and self._source_of.get(key) == source))
         ]
         return [self._pop(key, "idle") for _, key in sorted(due)]
 
     def _pop(self, key: str, reason: CloseReason) -> ClosedSequence:
         acc = self.store.pop(key)
+        self._source_of.pop(key, None)
         self.stats.closed += 1
         return ClosedSequence(acc, reason)
 

@@ -389,7 +389,7 @@ class StreamEngine:
         self.store.current_partition = p.partition
         if p.record_ms is not None:
             self.last_record_ms[s] = p.record_ms
-        closed = self.builder.add(event)
+        closed = self.builder.add(event, source=p.partition)
         if closed:
             self.closed.extend(closed)
         self.store.current_partition = saved

@@ -131,6 +131,35 @@ def test_file_sequences_close_after_an_idle_gap() -> None:
     assert b.open_sequences == 0
 
 
+def test_idle_gap_is_measured_in_the_sequences_own_run() -> None:
+    """A replay moving on to a later run (or a partition running ahead) must not close sequences
+    of another run whose end markers are still on their way; their own run's time does."""
+    b = SequenceBuilder(SequencePolicy("file", idle_gap_seconds=10), simple_encoder)
+    assert b.add(ev(T0, run="r1", tc="a")) == []
+    # run r2 is hours later: r1's sequence is not idle in r1's own time
+    assert b.add(ev(T0 + 3_600_000, run="r2", tc="x")) == []
+    # 60 s later in r2: r2's own "x" is idle in r2's time and closes; r1's "a" stays open
+    out = b.add(ev(T0 + 3_600_000 + 60_000, run="r2", tc="y"))
+    assert [(c.accumulator.run, c.accumulator.test_case, c.reason) for c in out] == [("r2", "x", "idle")]
+    assert {(acc.run, acc.test_case) for acc in b.store.values()} == {("r1", "a"), ("r2", "y")}
+    # r1's own time passes the gap: now it closes
+    out = b.add(ev(T0 + 10_500, run="r1", tc="b"))
+    assert [(c.accumulator.run, c.accumulator.test_case, c.reason) for c in out] == [("r1", "a", "idle")]
+    assert [c.accumulator.test_case for c in b.end("r1", "b", "token")] == ["b"]
+
+
+def test_idle_gap_is_measured_per_source() -> None:
+    """One sequence always arrives from one partition; another partition consumed ahead of it
+    (same run, later event time) must not make it idle."""
+    b = SequenceBuilder(SequencePolicy("file", idle_gap_seconds=10), simple_encoder)
+    assert b.add(ev(T0, tc="a"), source=1) == []
+    assert b.add(ev(T0 + 1000, tc="b"), source=0) == []
+    assert b.add(ev(T0 + 30_000, tc="b"), source=0) == []  # partition 0 runs 30 s ahead
+    assert {acc.test_case for acc in b.store.values()} == {"a", "b"}
+    out = b.add(ev(T0 + 10_500, tc="c"), source=1)  # partition 1's own time passes a's gap
+    assert [(c.accumulator.test_case, c.reason) for c in out] == [("a", "idle")]
+
+
 def test_builder_writes_through_an_external_store_and_resumes_from_it() -> None:
     class RecordingStore(dict[str, SequenceAccumulator]):
         sets = 0
