@@ -8,9 +8,10 @@ sequences close exactly where the batch loader's files end.
 Why it parses files itself instead of calling the batch loader: the worker package must not import
 ``batch/`` (dependency rule).  It only needs the time prefix of each line (to order and pace lines
 across files) and the event/continuation split (a stack trace travels with its event); the worker
-does the real parsing with :mod:`shared.parsing`.  Like the loader, it drops the first
-``trim_init_lines`` events of every file (start-up lines leak the label in v1), so a replayed
-sequence holds the same events as the batch sequence of the same file.
+does the real parsing with :mod:`shared.parsing`.  Like the loader, it trims the head of every
+file with the same rule (:mod:`shared.startup`: the start-up block by default, or the first N
+events in "lines" mode), so a replayed sequence holds the same events as the batch sequence of the
+same file.
 
 Pacing: ``speed`` = 0 sends as fast as the broker takes it; ``speed`` = 1 replays in real time
 (log-time gaps are slept), 10 ten times faster.
@@ -31,11 +32,13 @@ from typing import Literal
 
 from shared.errors import DataLayoutError
 from shared.parsing import (
+    BLANK_CHARS,
     TIME_PREFIX_REGEX,
     resolve_timestamp_ms,
     service_from_filename,
     time_of_day_ms,
 )
+from shared.startup import startup_block_events
 
 log = logging.getLogger(__name__)
 
@@ -133,38 +136,53 @@ def discover_run_dirs(root: Path) -> list[tuple[str, int, Path]]:
     return sorted(found, key=lambda r: (r[1], r[0]))
 
 
+TrimMode = Literal["startup", "lines", "none"]
+_THREAD_RE = re.compile(r"^.{12} \[([^\]]*)\]")
+
+
+def _events_to_drop(events: list[list[str]], trim_mode: TrimMode, trim_init_lines: int) -> int:
+    """How many leading events of a file the loader's trim rule drops (see shared.startup)."""
+    if trim_mode == "none":
+        return 0
+    if trim_mode == "lines":
+        return min(trim_init_lines, len(events))
+    threads = []
+    for ev in events:
+        m = _THREAD_RE.match(ev[0])
+        threads.append(m.group(1) if m else "")
+    return startup_block_events(threads)
+
+
 def file_chunks(
-    lines: Iterable[str], key: SeqKey, reference_ms: int, trim_init_lines: int, stats: ReplayStats
+    lines: Iterable[str], key: SeqKey, reference_ms: int, trim_init_lines: int, stats: ReplayStats,
+    trim_mode: TrimMode = "lines",
 ) -> list[Chunk]:
-    """Group a file's lines into events with their continuation lines; drop the first N events."""
-    chunks: list[Chunk] = []
-    current: list[str] = []
-    current_ts = 0
-    n_events = 0
+    """Group a file's lines into events with their continuation lines; trim the head like the loader."""
+    events: list[list[str]] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
         if _TIME_RE.match(line):
-            if current and n_events > trim_init_lines:
-                chunks.append(Chunk(current_ts, key, tuple(current)))
-            n_events += 1
-            if n_events <= trim_init_lines:
-                stats.trimmed_events += 1
-            current = [line]
-            current_ts = resolve_timestamp_ms(time_of_day_ms(line[:12]), reference_ms)
-        elif not line.strip():
+            events.append([line])
+        elif not line.strip(BLANK_CHARS):
             continue
-        elif current:
-            current.append(line)
+        elif events:
+            events[-1].append(line)
         else:
             stats.orphan_lines += 1
-    if current and n_events > trim_init_lines:
-        chunks.append(Chunk(current_ts, key, tuple(current)))
+    drop = _events_to_drop(events, trim_mode, trim_init_lines)
+    stats.trimmed_events += drop
+    chunks = [
+        Chunk(resolve_timestamp_ms(time_of_day_ms(ev[0][:12]), reference_ms), key, tuple(ev))
+        for ev in events[drop:]
+    ]
     end_ts = chunks[-1].ts_ms if chunks else reference_ms
     chunks.append(Chunk(end_ts, key, ()))
     return chunks
 
 
-def folder_chunks(root: Path, trim_init_lines: int, stats: ReplayStats) -> Iterator[Chunk]:
+def folder_chunks(
+    root: Path, trim_init_lines: int, stats: ReplayStats, trim_mode: TrimMode = "lines"
+) -> Iterator[Chunk]:
     """Every chunk of every run under ``root``, runs in epoch order, each run merged by timestamp."""
     for run, epoch, path in discover_run_dirs(root):
         per_file: list[list[Chunk]] = []
@@ -174,7 +192,8 @@ def folder_chunks(root: Path, trim_init_lines: int, stats: ReplayStats) -> Itera
                 if service is None or not f.is_file():
                     continue
                 text = f.read_bytes().decode("utf-8", errors="replace")
-                per_file.append(file_chunks(text.splitlines(), SeqKey(run, case.name, service), epoch * 1000, trim_init_lines, stats))
+                per_file.append(file_chunks(text.splitlines(), SeqKey(run, case.name, service), epoch * 1000,
+                                            trim_init_lines, stats, trim_mode))
         # Stable merge: equal timestamps keep file order; the end marker sorts after its file's last line.
         yield from heapq.merge(*per_file, key=lambda c: c.ts_ms)
 

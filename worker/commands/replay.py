@@ -22,8 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-by", choices=["sequence", "service"], default="sequence",
                         help="record key: the sequence key run|test_case|service (file policy) or the service (window policy)")
     parser.add_argument("--no-end-markers", action="store_true", help="do not send end-of-sequence markers (sequences then close by idle gap)")
+    parser.add_argument("--trim-mode", choices=["startup", "lines", "none"], default=None,
+                        help="trim the head of every log file like `lo2 load`: startup = the start-up block (default: settings trim_mode), "
+                             "lines = the first --trim-init-lines events, none; Parquet input is already trimmed")
     parser.add_argument("--trim-init-lines", type=int, default=None,
-                        help="drop the first N events of every log file like the loader does (default: settings trim_init_lines; Parquet input is already trimmed)")
+                        help="with --trim-mode lines (implied when given alone): drop the first N events (default: settings trim_init_lines)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -57,9 +60,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     console = Console(stderr=True)
     stats = ReplayStats()
     trim = settings.trim_init_lines if args.trim_init_lines is None else args.trim_init_lines
+    # the loader's rule: a count given alone means the "lines" mode
+    trim_mode = args.trim_mode or ("lines" if args.trim_init_lines is not None else settings.trim_mode)
 
     def chunks() -> itertools.chain[Chunk]:
-        parts = [parquet_chunks(p) if p.suffix == ".parquet" else folder_chunks(p, trim, stats) for p in args.sources]
+        parts = [parquet_chunks(p) if p.suffix == ".parquet" else folder_chunks(p, trim, stats, trim_mode) for p in args.sources]
         return itertools.chain.from_iterable(parts)
 
     records = build_records(
