@@ -41,7 +41,7 @@ import polars as pl
 from batch.splits import RunSplit
 from batch.train import Events, TrainConfig, filter_services, score_events, train
 from shared import detection_metrics as dm
-from shared.bundle import current_target, load, new_bundle_name, promote
+from shared.bundle import current_target, load, promote, unique_bundle_dir
 from shared.errors import ConfigError, Lo2Error, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def retrain(
     result = train(events, config.train_config())
     split = result.data.split
     bundle = result.bundles[config.model]
-    challenger_dir = bundle.save(model_dir / new_bundle_name(config.model))
+    challenger_dir = bundle.save(unique_bundle_dir(model_dir, config.model))
     test_events = events.filter(pl.col("run").is_in(list(split.test_runs)))
     if progress:
         progress("scoring challenger on the held-out runs")

@@ -334,6 +334,11 @@ class BuilderStats:
     reopened: int = 0
 
 
+#: A file sequence this far (event time) behind the newest event anywhere is closed on a quiet
+#: input even if its own run never advanced: its end marker was lost (runs are far shorter).
+STALE_AFTER_MS = 3_600_000
+
+
 class SequenceBuilder:
     """Group events into sequences incrementally (the worker's and the parity test's path).
 
@@ -507,6 +512,36 @@ class SequenceBuilder:
         for stream in sorted(self._windows):
             out += self._close_windows(stream, now_ms - self.policy.lateness_ms, "window")
         return out
+
+    def expire_quiet(self, quiet_ms: int) -> list[ClosedSequence]:
+        """Close what completes when the input has been quiet for ``quiet_ms`` (wall time).
+
+        file: a sequence is idle when its own (source, run) event time plus the quiet time is an
+        idle gap past its last event (as in :meth:`add`, a later run or a partition consumed ahead
+        does not count), or when the newest event time anywhere is :data:`STALE_AFTER_MS` past it
+        (a sequence whose end marker was lost must not stay open forever).
+        window: as :meth:`expire` at the newest event time plus the quiet time.
+        """
+        wm = self._global_watermark
+        if wm is None:
+            return []
+        if self.policy.kind == "window":
+            return self.expire(wm + quiet_ms)
+        gap = self.policy.idle_gap_ms
+        run_max: dict[str, int] = {}
+        for (_, run), t in self._run_watermark.items():
+            run_max[run] = max(run_max.get(run, t), t)
+        due = []
+        for key, acc in list(self.store.items()):
+            if acc.last_ms is None:
+                continue
+            if key in self._source_of:
+                own = self._run_watermark.get((self._source_of[key], acc.run), acc.last_ms)
+            else:  # restored from a changelog and not seen since: its run's newest time
+                own = run_max.get(acc.run, acc.last_ms)
+            if own + quiet_ms - acc.last_ms >= gap or wm - acc.last_ms >= STALE_AFTER_MS:
+                due.append((acc.first_ms or 0, key))
+        return [self._pop(key, "idle") for _, key in sorted(due)]
 
     def flush(self) -> list[ClosedSequence]:
         """End of input: close everything still open (in order of first event time)."""

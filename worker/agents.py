@@ -253,6 +253,9 @@ class StreamEngine:
 
     def restore(self, items: Any) -> None:
         """Rebuild all state from the changelog table's items (after a rebalance or a restart)."""
+        # The idle clock starts now: time spent recovering is not quiet input, and counting it would
+        # close restored sequences whose remaining events are still waiting in the topic.
+        self.last_arrival = time.monotonic()
         self.store = TrackedStore()
         self.pending.clear()
         self.pending_dirty.clear()
@@ -407,9 +410,8 @@ class StreamEngine:
         for s in [s for s, p in self.pending.items() if now - p.arrived >= self.cfg.pending_hold_s]:
             self._fold_pending(s)
         idle = now - self.last_arrival
-        wm = self.builder._global_watermark
-        if idle >= self.cfg.idle_after_s and wm is not None and len(self.store):
-            self.closed.extend(self.builder.expire(wm + int(idle * 1000)))
+        if idle >= self.cfg.idle_after_s and len(self.store):
+            self.closed.extend(self.builder.expire_quiet(int(idle * 1000)))
 
     def flush_all(self) -> None:
         """Shutdown: nothing is closed on purpose (the changelog resumes them); kept for tests/bench."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from shared.errors import ConfigError, PayloadError
 from shared.parsing import file_seq_id
 from shared.sequences import (
+    STALE_AFTER_MS,
     EncodedEvent,
     Event,
     SequenceAccumulator,
@@ -158,6 +159,19 @@ def test_idle_gap_is_measured_per_source() -> None:
     assert {acc.test_case for acc in b.store.values()} == {"a", "b"}
     out = b.add(ev(T0 + 10_500, tc="c"), source=1)  # partition 1's own time passes a's gap
     assert [(c.accumulator.test_case, c.reason) for c in out] == [("a", "idle")]
+
+
+def test_quiet_input_closes_by_own_run_time_and_stale_sequences() -> None:
+    b = SequenceBuilder(SequencePolicy("file", idle_gap_seconds=10), simple_encoder)
+    b.add(ev(T0, run="r1", tc="a"), source=0)
+    b.add(ev(T0 + 8_000, run="r1", tc="b"), source=0)
+    b.add(ev(T0 + 600_000, run="r2", tc="x"), source=1)  # a later run, 10 min ahead
+    # 3 s of quiet input: "a" is 8 s behind its own run + 3 s = 11 s >= gap; "b" and "x" are not
+    assert [c.accumulator.test_case for c in b.expire_quiet(3_000)] == ["a"]
+    assert {acc.test_case for acc in b.store.values()} == {"b", "x"}
+    # an end marker lost for an hour of newer event time anywhere: closed even without quiet time
+    b.add(ev(T0 + 600_000 + STALE_AFTER_MS, run="r3", tc="z"), source=2)
+    assert sorted(c.accumulator.test_case for c in b.expire_quiet(0)) == ["b", "x"]
 
 
 def test_builder_writes_through_an_external_store_and_resumes_from_it() -> None:
