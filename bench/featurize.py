@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
+from bench.loglead_env import loglead_python  # noqa: E402
 from shared.features import EventEncoder, featurize_events, fit_feature_spec, vectorize  # noqa: E402
 from shared.parsing import LineKind, classify, file_seq_id, parse_line, resolve_timestamp_ms  # noqa: E402
 from shared.sequences import Event, SequenceBuilder  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-
-LOGLEAD_SPEC = "loglead==2.0.0"
 
 LOGLEAD_CHILD = r"""
 import json, sys, time, warnings
@@ -142,15 +140,6 @@ def loglead_frame(events: pl.DataFrame) -> pl.DataFrame:
     return events.select(line.alias("m_message"), "seq_id", pl.col("timestamp").dt.replace_time_zone(None).alias("m_timestamp"))
 
 
-def loglead_python(settings: Settings) -> Path:
-    env_dir = settings.cache_dir / "bench-loglead-venv"
-    py = env_dir / "bin" / "python"
-    ok = py.exists() and subprocess.run([py, "-c", "import loglead.enhancers"], capture_output=True).returncode == 0
-    if not ok:
-        print(f"creating LogLead venv at {env_dir} ({LOGLEAD_SPEC}) …")
-        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-        subprocess.run([py, "-m", "pip", "install", "-q", LOGLEAD_SPEC], check=True)
-    return py
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,7 +209,7 @@ def main() -> int:
             f"generated v2 ({args.runs} runs x {1 + args.errors_per_run} tests x 7 svc)": generated_events(
                 work, args.runs, args.errors_per_run, args.rate, args.seed),
         }
-        py = None if args.skip_loglead else loglead_python(settings)
+        py = None if args.skip_loglead else loglead_python(settings, "loglead.enhancers")
         print(f"{'dataset':52s} {'lines':>8s} {'seqs':>5s} {'tpl':>4s} {'ours batch':>12s} {'ours incr':>11s} "
               f"{'LogLead':>9s} {'batch/LL':>9s} {'incr/LL':>8s}   (lines/s)")
         for name, ev in datasets.items():

@@ -28,21 +28,18 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loglead_env import loglead_python, run_child  # noqa: E402
 from shared.catalog import ERROR_CASE_NAMES  # noqa: E402
 from shared.parsing import SERVICES  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-
-LOGLEAD_SPEC = "loglead==2.0.0"
 
 # --------------------------------------------------------------------------------------------
 # Dataset: `lo2 generate` when it exists, else a simple built-in v2 writer
@@ -159,23 +156,8 @@ print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "events": loader.df.height,
 """
 
 
-def loglead_python(settings: Settings) -> Path:
-    """The python of a venv with LogLead (created under settings.cache_dir on first use)."""
-    env_dir = settings.cache_dir / "bench-loglead-venv"
-    py = env_dir / "bin" / "python"
-    ok = py.exists() and subprocess.run([py, "-c", "import loglead.loaders"], capture_output=True).returncode == 0
-    if not ok:
-        print(f"creating LogLead venv at {env_dir} ({LOGLEAD_SPEC}) …")
-        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-        subprocess.run([py, "-m", "pip", "install", "-q", LOGLEAD_SPEC], check=True)
-    return py
 
 
-def _run_child(cmd: list[str]) -> dict[str, float]:
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -205,16 +187,16 @@ def main() -> int:
         full, half = make_dataset(args.data, args.runs, args.lines_per_file, args.seed)
         size_mb = sum(f.stat().st_size for run in half.iterdir() for f in run.resolve().rglob("*oauth2-oauth2-*.log")) / 1e6
         me = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--batch-mb", str(batch_mb)]
-        ours_r = _run_child([*me, "--root", str(half), "--out", str(args.data / "out_half")])
-        ours_2r = _run_child([*me, "--root", str(full), "--out", str(args.data / "out_full")])
+        ours_r = run_child([*me, "--root", str(half), "--out", str(args.data / "out_half")])
+        ours_2r = run_child([*me, "--root", str(full), "--out", str(args.data / "out_full")])
         rows = [(f"ours, {args.runs} runs", ours_r, ours_r["lines"]),
                 (f"ours, {2 * args.runs} runs", ours_2r, ours_2r["lines"])]
         ll = None
         if not args.skip_loglead:
-            py = loglead_python(settings)
+            py = loglead_python(settings, "loglead.loaders")
             script = args.data / "loglead_child.py"
             script.write_text(_LOGLEAD_CHILD, encoding="utf-8")
-            ll = _run_child([str(py), str(script), str(half), str(args.runs)])
+            ll = run_child([str(py), str(script), str(half), str(args.runs)])
             rows.append((f"LogLead LO2Loader, {args.runs} runs", ll, ours_r["lines"]))
         print(f"\ndataset: {args.runs} v2 runs x 54 test cases x 7 services, {ours_r['lines']:,} lines, {size_mb:,.0f} MB"
               f"  (batch {batch_mb} MB, {os.cpu_count()} cores)")

@@ -36,15 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loglead_env import loglead_python, run_child  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-
-LOGLEAD_SPEC = "loglead==2.0.0"
 
 
 def _peak_rss_mb() -> float:
@@ -175,23 +173,8 @@ print(json.dumps({"events": df.height, "sequences": df_seq.height, "read_s": t_r
 """
 
 
-def loglead_python(settings: Settings) -> Path:
-    """The python of a venv with LogLead (created under settings.cache_dir on first use)."""
-    env_dir = settings.cache_dir / "bench-loglead-venv"
-    py = env_dir / "bin" / "python"
-    ok = py.exists() and subprocess.run([py, "-c", "import loglead.enhancers"], capture_output=True).returncode == 0
-    if not ok:
-        print(f"creating LogLead venv at {env_dir} ({LOGLEAD_SPEC}) …")
-        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-        subprocess.run([py, "-m", "pip", "install", "-q", LOGLEAD_SPEC], check=True)
-    return py
 
 
-def _run_child(cmd: list[str]) -> dict[str, float]:
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -223,14 +206,14 @@ def main() -> int:
         me = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--seed", str(args.seed)]
         ours: dict[int, dict[str, float]] = {}
         theirs: dict[int, dict[str, float]] = {}
-        py = None if args.skip_loglead else loglead_python(settings)
+        py = None if args.skip_loglead else loglead_python(settings, "loglead.enhancers")
         script = args.data / "loglead_child.py"
         script.write_text(_LOGLEAD_CHILD, encoding="utf-8")
         for n in sizes:
             path = events_for(args.data, runs_root, n)
-            ours[n] = _run_child([*me, "--events", str(path)])
+            ours[n] = run_child([*me, "--events", str(path)])
             if py is not None and n <= args.loglead_max_runs:
-                theirs[n] = _run_child([str(py), str(script), str(path)])
+                theirs[n] = run_child([str(py), str(script), str(path)])
             print(f"{n} runs done", flush=True)
         print(f"\n{os.cpu_count()} cores; runs of {args.errors_per_run + 1} test cases x 7 services, rate {args.rate}")
         head = f"{'pipeline':<26}{'runs':>5}{'events':>11}{'seqs':>7}{'feat s':>8}{'events/s':>12}{'seqs/s':>9}" \
