@@ -72,7 +72,6 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> Non
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     seed = settings.seed if args.seed is None else args.seed
@@ -268,4 +267,8 @@ def _scrape(url: str) -> list[str]:
         text = resp.read().decode("utf-8", "replace")
     wanted = ("lo2_worker_events_total", "lo2_worker_sequences_scored_total", "lo2_worker_anomalies_total",
               "lo2_worker_invalid_records_total", "lo2_worker_psi", "lo2_worker_model_info")
-    return [ln for ln in text.splitlines() if ln.startswith(wanted)][:12]
+    lines = text.splitlines()
+    out: list[str] = []
+    for family in wanted:  # a few lines of each family, in this order
+        out += [ln for ln in lines if ln.startswith(family)][:3]
+    return out
