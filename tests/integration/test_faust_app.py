@@ -105,6 +105,10 @@ async def _offsets(bootstrap: str, topic: str, group: str | None = None) -> dict
         await consumer.stop()
 
 
+#: Told apart from the 30 test lines by its length, so it must be longer than all of them (1..30).
+LATE_LINE = b"late line " * 4
+
+
 async def test_faust_agent_counts_in_a_table_and_survives_a_restart(
     kafka_bootstrap: str, fast_faust_settings: dict[str, Any], unique_name: Callable[[str], str]
 ) -> None:
@@ -148,14 +152,14 @@ async def test_faust_agent_counts_in_a_table_and_survives_a_restart(
         # from the committed offsets: the late line continues the count instead of restarting it.
         app2 = _build_app(app_id, kafka_bootstrap, src, dst, fast_faust_settings)
         async with running_faust_app(app2):
-            await _produce(kafka_bootstrap, src, [(b"svc-0", b"late line")])
-            second = await _read_until(out, lambda got: any(r["chars"] == 9 for r in got))
+            await _produce(kafka_bootstrap, src, [(b"svc-0", LATE_LINE)])
+            second = await _read_until(out, lambda got: any(r["chars"] == len(LATE_LINE) for r in got))
             second += await _read(out, 10**6, timeout_s=1.5)  # and whatever else follows
     finally:
         await out.stop()
 
-    late = [r for r in second if r["chars"] == len(b"late line")]
-    replays = [r for r in second if r["chars"] != len(b"late line")]
+    late = [r for r in second if r["chars"] == len(LATE_LINE)]
+    replays = [r for r in second if r["chars"] != len(LATE_LINE)]
     assert len(late) == 1
     assert {r["chars"] for r in replays} == tail  # the uncommitted tail, all of it, nothing older
     for service, n in expected.items():  # recovered table: counts go on from where they were
@@ -165,5 +169,5 @@ async def test_faust_agent_counts_in_a_table_and_survives_a_restart(
     assert late[0] == {
         "service": "svc-0",
         "count": expected["svc-0"] + replayed_svc0 + 1,
-        "chars": 9,
+        "chars": len(LATE_LINE),
     }
