@@ -254,7 +254,7 @@ def mask_message(message: str) -> str:
 
     Cached: constant messages (most of them) are masked once per process.
 
-    >>> mask_message("refreshToken = 96bce40c-3e1e-41df-ac31-34e16e0a46b8 scope = null")
+    >>> mask_message("refreshToken = 3f9d2a61-7b4e-4c08-9e15-a2d7c6b4f830 scope = null")
     'refreshToken = <*> scope = null'
     >>> mask_message('{"statusCode":404,"code":"ERR12014","description":"Client x is not found."}')
     '{statusCode=HTTP404,code=ERR12014,"description":<*>}'

@@ -77,11 +77,11 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 def redact(text: str) -> str:
     r"""Return ``text`` with every known kind of secret replaced by ``***``.
 
-    >>> redact('validate( "Basic Zjc1MjllN2U6eUlIcA==", authorization)')
+    >>> redact('validate( "Basic dGVzdDpzZWNyZXQ=", authorization)')
     'validate( "Basic ***", authorization)'
     >>> redact('{"userId":"admin","password":"123456"}')
     '{"userId":"admin","password":***}'
-    >>> redact("refreshToken = 96bce40c-3e1e-41df-ac31-34e16e0a46b8 scope = null")
+    >>> redact("refreshToken = 3f9d2a61-7b4e-4c08-9e15-a2d7c6b4f830 scope = null")
     'refreshToken = *** scope = null'
     >>> redact(r'body {\"password\":\"p4ss\",\"userId\":\"admin\"}')
     'body {\\"password\\":***,\\"userId\\":\\"admin\\"}'
@@ -89,7 +89,7 @@ def redact(text: str) -> str:
     'Password *** and PasswordConfirm *** are not matched.'
     >>> redact("DEBUG c.n.oauth.cache.RefreshTokenMapStore load - Load:aa22f24b-51c1-442c-b1ea-00337461b58b")
     'DEBUG c.n.oauth.cache.RefreshTokenMapStore load - Load:***'
-    >>> redact("Invalid Authorization Code keNUio1dQP-rs6SyE15iUw. Incorrect password.")
+    >>> redact("Invalid Authorization Code Wq4Lr8Tz2Xc-Nm1Bv6Hj0A. Incorrect password.")
     'Invalid Authorization Code *** Incorrect password.'
     """
     for pattern, repl in _RULES:

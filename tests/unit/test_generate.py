@@ -66,7 +66,7 @@ def test_catalog_has_the_53_real_cases_and_their_targets() -> None:
 def test_status_json_matches_the_response_lengths_seen_in_real_traces() -> None:
     # Real v2 Jaeger traces: 401 with content length 149 (wrong secret), 404 with 172 (ERR12029, UUID token).
     assert len(catalog.error_case("access_token_client_secret_wrong_401").status.to_json()) == 149
-    assert len(catalog.STATUS_CODES["ERR12029"].to_json("96bce40c-3e1e-41df-ac31-34e16e0a46b8")) == 172
+    assert len(catalog.STATUS_CODES["ERR12029"].to_json("3f9d2a61-7b4e-4c08-9e15-a2d7c6b4f830")) == 172
 
 
 def test_expected_status_comes_from_the_name_and_may_differ_from_the_returned_one() -> None:

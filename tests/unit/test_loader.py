@@ -28,7 +28,7 @@ from lo2.cli import main as lo2_main
 from shared.errors import ConfigError, DataLayoutError
 from shared.parsing import SERVICES, file_seq_id
 
-REQ = "[XNIO-1 task-2]  9lZs5u4cSx6GOlZOowR-bQ DEBUG c.n.o.t.h.Oauth2TokenPostHandler handleRequest - msg {i}"
+REQ = "[XNIO-1 task-2]  Qm7rT2xWZ0aKc4Ne-P9sLw DEBUG c.n.o.t.h.Oauth2TokenPostHandler handleRequest - msg {i}"
 HZ = "[hz._hzInstance_1_dev.partition-operation.thread-8]   DEBUG c.networknt.oauth.cache.UserMapStore load - Load:{i}"
 
 
@@ -360,10 +360,10 @@ def test_bad_input_is_counted_and_loading_goes_on(tmp_path: Path) -> None:
 
 
 def test_secrets_in_bad_line_examples_are_redacted(tmp_path: Path) -> None:
-    secret = "Basic Zjc1MjllN2UtYWNlMC00ZTM2LWFlZDItNDUzNTk5OGVhZTBm"
+    secret = "Basic MGU4ZjRjMmEtMWIzZC00ZTVmLTlhN2ItNmM1ZDRlM2YyYTFi"
     write_log(tmp_path / "s", "LO2_run_1739743201", "correct", "token", [f"10:00:00.000 [x] {secret} oops"])
     s, _, _ = load(tmp_path / "s")
-    assert s.examples and all("Zjc1" not in p.text for p in s.examples)
+    assert s.examples and all("MGU4ZjRj" not in p.text for p in s.examples)
 
 
 # --------------------------------------------------------------------------------------------

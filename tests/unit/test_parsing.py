@@ -22,24 +22,24 @@ def test_real_token_sample_parses_completely(real_token_sample: Path) -> None:
 
 def test_hazelcast_line_has_no_correlation_id() -> None:
     p = parse_line(
-        "16:29:40.148 [hz._hzInstance_1_dev.partition-operation.thread-8]   DEBUG "
-        "c.networknt.oauth.cache.UserMapStore load - Load:66c2c2bd"
+        "09:15:02.007 [hz._hzInstance_1_dev.partition-operation.thread-3]   DEBUG "
+        "c.networknt.oauth.cache.UserMapStore load - Load:5f3a9c1e"
     )
     assert p is not None
     assert p.correlation_id is None
-    assert p.thread == "hz._hzInstance_1_dev.partition-operation.thread-8"
+    assert p.thread == "hz._hzInstance_1_dev.partition-operation.thread-3"
     assert (p.level, p.logger, p.method, p.message) == (
-        "DEBUG", "c.networknt.oauth.cache.UserMapStore", "load", "Load:66c2c2bd")
-    assert p.time_of_day_ms == ((16 * 60 + 29) * 60 + 40) * 1000 + 148
+        "DEBUG", "c.networknt.oauth.cache.UserMapStore", "load", "Load:5f3a9c1e")
+    assert p.time_of_day_ms == ((9 * 60 + 15) * 60 + 2) * 1000 + 7
 
 
 def test_request_line_columns() -> None:
     p = parse_line(
-        "16:29:42.425 [XNIO-1 task-2]  9lZs5u4cSx6GOlZOowR-bQ ERROR "
+        "16:29:42.425 [XNIO-1 task-2]  Qm7rT2xWZ0aKc4Ne-P9sLw ERROR "
         "c.n.o.t.h.Oauth2TokenPostHandler handleRequest - ApiException"
     )
     assert p is not None
-    assert p.correlation_id == "9lZs5u4cSx6GOlZOowR-bQ"
+    assert p.correlation_id == "Qm7rT2xWZ0aKc4Ne-P9sLw"
     assert p.level == "ERROR" and p.method == "handleRequest" and p.message == "ApiException"
 
 

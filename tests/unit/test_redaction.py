@@ -59,7 +59,7 @@ def test_doctests_of_redaction_pass() -> None:
 @pytest.mark.parametrize("kind", sorted(PLANTED))
 def test_each_planted_secret_is_masked_and_the_marker_kept(kind: str) -> None:
     marker, secret, message = PLANTED[kind]
-    line = f"16:29:40.245 [XNIO-1 task-4]  XgY8YVqfRTGjmhawhHeKOw ERROR c.n.o.t.h.Oauth2TokenPostHandler handleRequest - {message}"
+    line = f"16:29:40.245 [XNIO-1 task-4]  Hb3kD9uVnR1yLq5Ze_TxWg ERROR c.n.o.t.h.Oauth2TokenPostHandler handleRequest - {message}"
     out = redact(line)
     assert secret not in out
     assert marker in out and "***" in out
