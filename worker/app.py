@@ -59,6 +59,8 @@ class WorkerRuntime:
     settings: Settings
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     needs_restore: bool = True
+    #: Records that arrived while the state table was still recovering: handled once it is whole.
+    held: list[Any] = field(default_factory=list)
     batches: int = 0
     last_model_check: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -174,23 +176,43 @@ class WorkerRuntime:
 
     async def process_events(self, events: list[Any]) -> None:
         async with self.lock:
-            self._restore_if_needed()
-            engine = self.engine
-            budget = self.settings.worker_yield_every_lines
-            for ev in events:
-                msg = ev.message
-                ts = msg.timestamp
-                engine.handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
-                                       int(ts * 1000) if ts else None))
-                if engine.lines_seen >= budget:
-                    # Let heartbeats, the web server and the producer run between big records.
-                    engine.lines_seen = 0
-                    await asyncio.sleep(0)
-            self.unacked.extend(events)
-            await self._send_outputs(self._collect(engine.finish_batch(drain=False)))
-            if self._checkpoint_due():
-                await self.checkpoint()
-            self.batches += 1
+            if self.needs_restore and not self._ready():
+                # Faust can deliver records while the table is still recovering.  Restoring from a
+                # half-recovered table can bring back a partition's processed offset without the
+                # accumulators it covers, and those events would be lost: hold the records (unacked)
+                # until recovery is complete.  A rewind that re-delivers them is de-duplicated by
+                # the restored per-partition offsets.
+                self.held.extend(events)
+                return
+            await self._handle(self._take_held() + list(events))
+
+    def _take_held(self) -> list[Any]:
+        """Held records of partitions still assigned (others belong to their new owner now)."""
+        held, self.held = self.held, []
+        if not held:
+            return []
+        assigned = self._assigned_partitions()
+        return [ev for ev in held if ev.message.partition in assigned]
+
+    async def _handle(self, events: list[Any]) -> None:
+        """Fold records into the state (under the lock, state restored), send outputs, checkpoint."""
+        self._restore_if_needed()
+        engine = self.engine
+        budget = self.settings.worker_yield_every_lines
+        for ev in events:
+            msg = ev.message
+            ts = msg.timestamp
+            engine.handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                                   int(ts * 1000) if ts else None))
+            if engine.lines_seen >= budget:
+                # Let heartbeats, the web server and the producer run between big records.
+                engine.lines_seen = 0
+                await asyncio.sleep(0)
+        self.unacked.extend(events)
+        await self._send_outputs(self._collect(engine.finish_batch(drain=False)))
+        if self._checkpoint_due():
+            await self.checkpoint()
+        self.batches += 1
 
     async def tick(self) -> None:
         async with self.lock:
@@ -200,6 +222,8 @@ class WorkerRuntime:
                     await self.checkpoint()
                 return
             self._restore_if_needed()
+            if self.held:
+                await self._handle(self._take_held())
             now = time.monotonic()
             if now - self.last_model_check >= self.settings.model_reload_interval_s:
                 self.last_model_check = now
