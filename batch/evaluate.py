@@ -39,7 +39,6 @@ import polars as pl
 
 from batch.registry import ModelSpec, available, get_spec
 from batch.splits import RunSplit, SplitName, SplitOrder, split_runs
-from batch.train import CANARY_COLUMNS as TRAIN_CANARY_COLUMNS
 from batch.train import Events, Featurized, featurize, filter_services, input_matrix
 from shared import detection_metrics as dm
 from shared.catalog import target_service
@@ -254,23 +253,13 @@ def read_events(path: Path) -> pl.LazyFrame:
     return pl.scan_parquet(p)
 
 
-#: Raw sequence columns the canary sees: length and duration only.  ``n_stack_lines`` (also in
-#: ``shared.features.canary_features``) is left out on purpose: stack traces are what many errors
-#: look like, so a model on them measures the error signal, not the length/duration leak.
-CANARY_COLUMNS: tuple[str, ...] = ("n_events", "duration_s")
-
-
 def prepare(events: Events, split: RunSplit, feature_options: Mapping[str, Any] | None = None) -> Featurized:
     """Fit the feature spec on the training runs' events and featurize every sequence once.
 
-    The one implementation of ``batch.train`` (so evaluation measures what training builds); the
-    canary input is narrowed to :data:`CANARY_COLUMNS`.
+    The one implementation of ``batch.train`` (so evaluation measures what training builds),
+    including its canary input: length and duration only (``shared.features.CANARY_COLUMNS``).
     """
-    data = featurize(events, split, feature_options=feature_options)
-    canary_all = np.asarray(data.inputs["canary"], dtype=np.float64)
-    keep = [TRAIN_CANARY_COLUMNS.index(c) for c in CANARY_COLUMNS]
-    data.inputs = {**data.inputs, "canary": canary_all[:, keep]}
-    return data
+    return featurize(events, split, feature_options=feature_options)
 
 
 def _fingerprint(data: Featurized) -> str:

@@ -50,7 +50,7 @@ from shared import catalog
 from shared.errors import ConfigError, DataLayoutError
 from shared.parsing import LINE_REGEX, MS_PER_DAY, SERVICES, TIME_PREFIX_REGEX, file_seq_id
 from shared.redaction import redact
-from shared.startup import STARTUP_MAIN_THREAD, TRAFFIC_THREAD_REGEX
+from shared.startup import STARTUP_MAIN_THREAD, THREAD_OF_EVENT_REGEX, TRAFFIC_THREAD_REGEX
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,6 @@ TRIM_MODES: tuple[str, ...] = get_args(TrimMode)
 #: ``trim_init_lines`` of the "lines" mode when none is given (LogLead fork's ``init_lines_to_skip``).
 DEFAULT_TRIM_INIT_LINES = 100
 # The start-up rule lives in shared.startup (the replay applies it too); see its docstring.
-_THREAD_OF_EVENT = r"^.{12} \[([^\]]*)\]"  # events only: their first 12 characters are an ASCII time
 
 #: (test_case, service) -> does the test case's error show in this service's log?
 TargetFn = Callable[[str, str], bool]
@@ -646,7 +645,7 @@ def startup_cutoffs(rows: pl.DataFrame, n_files: int) -> pl.Series:
     event per file, and out of every event only for those few files (a run's first test).
     """
     kind, text = pl.col("kind"), pl.col("text")
-    thread = text.str.extract(_THREAD_OF_EVENT, 1)
+    thread = text.str.extract(THREAD_OF_EVENT_REGEX, 1)
     firsts = rows.filter((kind == _EVENT) & (pl.col("ev_no") == 1)).select(
         "fid", traffic=thread.str.contains(TRAFFIC_THREAD_REGEX)
     )

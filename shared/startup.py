@@ -19,7 +19,17 @@ TRAFFIC_THREAD_REGEX = r"^XNIO-|\.partition-operation\."
 #: The JVM's start-up thread: light-4j's ``Server`` logs its whole start-up on it and never again.
 STARTUP_MAIN_THREAD = "main"
 
+#: The thread of an event line (group 1); events start with a 12-character ASCII time of day.
+THREAD_OF_EVENT_REGEX = r"^.{12} \[([^\]]*)\]"
+
 _TRAFFIC = re.compile(TRAFFIC_THREAD_REGEX)
+_THREAD_OF_EVENT = re.compile(THREAD_OF_EVENT_REGEX)
+
+
+def event_thread(line: str) -> str:
+    """The thread of an event line (``""`` when it has none)."""
+    m = _THREAD_OF_EVENT.match(line)
+    return m.group(1) if m else ""
 
 
 def startup_block_events(threads: Sequence[str]) -> int:

@@ -38,7 +38,7 @@ from shared.parsing import (
     service_from_filename,
     time_of_day_ms,
 )
-from shared.startup import startup_block_events
+from shared.startup import event_thread, startup_block_events
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,6 @@ def discover_run_dirs(root: Path) -> list[tuple[str, int, Path]]:
 
 
 TrimMode = Literal["startup", "lines", "none"]
-_THREAD_RE = re.compile(r"^.{12} \[([^\]]*)\]")
 
 
 def _events_to_drop(events: list[list[str]], trim_mode: TrimMode, trim_init_lines: int) -> int:
@@ -146,11 +145,7 @@ def _events_to_drop(events: list[list[str]], trim_mode: TrimMode, trim_init_line
         return 0
     if trim_mode == "lines":
         return min(trim_init_lines, len(events))
-    threads = []
-    for ev in events:
-        m = _THREAD_RE.match(ev[0])
-        threads.append(m.group(1) if m else "")
-    return startup_block_events(threads)
+    return startup_block_events([event_thread(ev[0]) for ev in events])
 
 
 def file_chunks(
