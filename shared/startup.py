@@ -14,8 +14,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-#: Threads that serve traffic: Undertow request threads and Hazelcast partition threads.
-TRAFFIC_THREAD_REGEX = r"^XNIO-|\.partition-operation\."
+#: Threads that serve traffic: Undertow request threads (name starts with one of the prefixes) and
+#: Hazelcast partition threads (name contains one of the infixes).  Kept as plain strings because the
+#: loader's compiled tokenizer (batch/native.py) tests them as such; the regex is built from them.
+TRAFFIC_THREAD_PREFIXES: tuple[str, ...] = ("XNIO-",)
+TRAFFIC_THREAD_INFIXES: tuple[str, ...] = (".partition-operation.",)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a regex that means itself in Python ``re`` and Rust ``regex`` (``.`` escaped only)."""
+    if re.search(r"[\\^$|?*+()\[\]{}]", text):
+        msg = f"{text!r}: only letters, digits, '-', '_' and '.' are supported in thread name parts"
+        raise ValueError(msg)
+    return text.replace(".", r"\.")
+
+
+#: The same rule as a regex (Polars and the replay): ``^XNIO-|\.partition-operation\.``.
+TRAFFIC_THREAD_REGEX = "|".join(
+    [f"^{_literal(p)}" for p in TRAFFIC_THREAD_PREFIXES] + [_literal(i) for i in TRAFFIC_THREAD_INFIXES]
+)
 #: The JVM's start-up thread: light-4j's ``Server`` logs its whole start-up on it and never again.
 STARTUP_MAIN_THREAD = "main"
 
