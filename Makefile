@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test demo setup kafka-jars lint typecheck bench clean
 
-$(STAMP): pyproject.toml
+# native/: the Rust tokenizer of the loader is (re)built by the editable install when it changes.
+$(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock native/src/lib.rs
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

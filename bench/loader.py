@@ -17,7 +17,10 @@ The figure of merit is raw lines in those files per wall-clock second.
 Wall-clock lines/s depend on what else the machine runs; lines per CPU-second (user+sys of the
 process, all threads) are the steadier figure on a shared machine, so both are printed.
 
-Usage:  .venv/bin/python bench/loader.py [--runs 20] [--skip-loglead] [--data DIR]
+With the compiled tokenizer (batch._native) in use, our Polars path is measured on the R runs too
+(same invocation, ``--skip-polars`` to leave it out), so the native/Polars ratio is a same-run A/B.
+
+Usage:  .venv/bin/python bench/loader.py [--runs 20] [--skip-loglead] [--data DIR] [--engine auto|native|polars]
 """
 
 from __future__ import annotations
@@ -133,11 +136,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_ours(root: Path, out: Path, batch_mb: int) -> dict[str, float]:
+def child_ours(root: Path, out: Path, batch_mb: int, engine: str) -> dict[str, float]:
     from batch.loader import load_runs, make_selection
 
     t0, c0 = time.perf_counter(), time.process_time()
-    s = load_runs(root, make_selection(trim_mode="none"), out, batch_bytes=batch_mb << 20)
+    s = load_runs(root, make_selection(trim_mode="none"), out, batch_bytes=batch_mb << 20, engine=engine)  # type: ignore[arg-type]
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "lines": s.lines,
             "events": s.events_written, "peak_rss_mb": _peak_rss_mb()}
 
@@ -169,15 +172,23 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=None, help="dataset folder (kept; default: a temp dir)")
     ap.add_argument("--seed", type=int, default=7, help="dataset seed")
     ap.add_argument("--skip-loglead", action="store_true", help="measure only our loader")
+    ap.add_argument("--engine", choices=["auto", "native", "polars"], default=None,
+                    help="our parser (default: setting loader_engine)")
+    ap.add_argument("--skip-polars", action="store_true",
+                    help="do not also measure our Polars path on R runs (measured when the native one is used)")
     ap.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     settings = Settings()
     batch_mb = args.batch_mb or settings.loader_batch_mb
+    engine = args.engine or settings.loader_engine
     if args.child == "ours":
-        print(json.dumps(child_ours(args.root, args.out, batch_mb)))
+        print(json.dumps(child_ours(args.root, args.out, batch_mb, engine)))
         return 0
+    from batch import native
+
+    path = native.resolve(engine)
 
     tmp = None
     if args.data is None:
@@ -187,10 +198,13 @@ def main() -> int:
         full, half = make_dataset(args.data, args.runs, args.lines_per_file, args.seed)
         size_mb = sum(f.stat().st_size for run in half.iterdir() for f in run.resolve().rglob("*oauth2-oauth2-*.log")) / 1e6
         me = [sys.executable, str(Path(__file__).resolve()), "--child", "ours", "--batch-mb", str(batch_mb)]
-        ours_r = run_child([*me, "--root", str(half), "--out", str(args.data / "out_half")])
-        ours_2r = run_child([*me, "--root", str(full), "--out", str(args.data / "out_full")])
-        rows = [(f"ours, {args.runs} runs", ours_r, ours_r["lines"]),
-                (f"ours, {2 * args.runs} runs", ours_2r, ours_2r["lines"])]
+        ours_r = run_child([*me, "--engine", path, "--root", str(half), "--out", str(args.data / "out_half")])
+        ours_2r = run_child([*me, "--engine", path, "--root", str(full), "--out", str(args.data / "out_full")])
+        rows = [(f"ours ({path}), {args.runs} runs", ours_r, ours_r["lines"]),
+                (f"ours ({path}), {2 * args.runs} runs", ours_2r, ours_2r["lines"])]
+        if path == "native" and not args.skip_polars:
+            pol = run_child([*me, "--engine", "polars", "--root", str(half), "--out", str(args.data / "out_polars")])
+            rows.append((f"ours (polars), {args.runs} runs", pol, pol["lines"]))
         ll = None
         if not args.skip_loglead:
             py = loglead_python(settings, "loglead.loaders")

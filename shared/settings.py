@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Raw log megabytes the loader parses per batch (bounds its peak memory).",
     )
+    loader_engine: Literal["auto", "native", "polars"] = Field(
+        default="auto",
+        description="Parser of `lo2 load`: 'auto' = the compiled one-pass tokenizer (batch._native, built "
+        "when cargo is present at install) if it imports, else Polars expressions; 'native' = fail without it; "
+        "'polars' = always the Polars path (A/B benchmarks). Both give the same output.",
+    )
     trim_mode: Literal["startup", "lines", "none"] = Field(
         default="startup",
         description="How `lo2 load` drops start-up output at the head of a service log: 'startup' = the "

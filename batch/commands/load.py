@@ -123,6 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 write_sequences=both or args.save_parquet,
                 batch_bytes=batch_mb << 20,
                 progress=progress,
+                engine=settings.loader_engine,
             )
     except Lo2Error as exc:
         console.print(f"[red]lo2 load: {exc}[/red]")
