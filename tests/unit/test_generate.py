@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch.generate import GenerateConfig, generate
+from batch.generator.simulate import task_picks
 from lo2.cli import main as lo2_main
 from shared import catalog
 from shared.errors import ConfigError
@@ -331,6 +333,31 @@ def test_min_errors_guarantees_failing_requests_at_tiny_rates(tmp_path: Path) ->
                                   cases=("update_password_400_not_match",), seed=5))
     text = next(res.out.glob("*/update_password_400_not_match/light-oauth2-oauth2-user-1.log")).read_text()
     assert text.count('"code":"ERR12012"') == 4
+
+
+@pytest.mark.parametrize("case", ["authorization_code_missing_response_type_400", "code_verifier_missing_pkce_400",
+                                  "get_token_404", "update_password_400_not_match"])
+def test_how_many_requests_a_user_sends_does_not_depend_on_the_label(case: str) -> None:
+    """The min-errors guarantee flips picks of the owning user; it never adds requests to error tests.
+
+    It once appended error requests when the owner had too few picks, so the targeted logs of the
+    sparse code flows were busier than in any other test (a length/rate signal the real system does
+    not have).  The same random state must give the same request times for ``correct`` and the error.
+    """
+    user = catalog.error_case(case).locust_user
+    start, end = 1_000_000, 1_020_000  # a 20 s test at a low rate: a few picks at most
+    for seed in range(40):
+        normal = task_picks(random.Random(seed), user, catalog.CORRECT, start, end, 0.2, 3)
+        error = task_picks(random.Random(seed), user, case, start, end, 0.2, 3)
+        assert [t for t, _ in error] == [t for t, _ in normal]
+        assert len(normal) >= 3 and all(start <= t < end for t, _ in normal)
+        assert not any(e for _, e in normal)
+        assert sum(e for _, e in error) >= 3
+
+
+def test_users_that_do_not_own_the_error_send_only_correct_picks() -> None:
+    picks = task_picks(random.Random(1), "ClientCredentialsFlow", "get_token_404", 0, 60_000, 1.0, 3)
+    assert picks and not any(e for _, e in picks)
 
 
 @pytest.mark.parametrize(
