@@ -17,6 +17,7 @@ its logs come from ``LO2v2.zip`` or from ``light-oauth2-logs.zip`` (and matches 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,17 +54,22 @@ class RunDir:
     path: Path
 
     def test_cases(self) -> list[TestCaseDir]:
-        """The run's test-case folders, sorted by name, with their service logs."""
+        """The run's test-case folders, sorted by name, with their service logs.
+
+        ``os.scandir``: its entries know their type without a ``stat`` per file, which made
+        ``Path.iterdir`` + ``is_dir``/``is_file`` ~20 % of a whole load's CPU time.
+        """
         cases = []
-        for entry in sorted(self.path.iterdir(), key=lambda p: p.name):
-            if not entry.is_dir():
-                continue  # run_log.log and other run-level files
+        with os.scandir(self.path) as it:
+            case_dirs = sorted((e for e in it if e.is_dir()), key=lambda e: e.name)  # not run_log.log etc.
+        for entry in case_dirs:
             files: dict[str, Path] = {}
-            for f in sorted(entry.iterdir(), key=lambda p: p.name):
-                svc = service_from_filename(f.name)
-                if svc is not None and f.is_file():
-                    files[svc] = f
-            cases.append(TestCaseDir(name=entry.name, path=entry, service_files=files))
+            with os.scandir(entry.path) as it:
+                for f in sorted(it, key=lambda e: e.name):
+                    svc = service_from_filename(f.name)
+                    if svc is not None and f.is_file():
+                        files[svc] = Path(f.path)
+            cases.append(TestCaseDir(name=entry.name, path=Path(entry.path), service_files=files))
         return cases
 
 
