@@ -147,7 +147,6 @@ class Settings(BaseSettings):
     worker_max_line_chars: int = Field(default=16_384, ge=1, description="Longer log lines go to the DLQ (too_large).")
     worker_max_batch_lines: int = Field(default=10_000, ge=1, description="Batch envelopes with more lines go to the DLQ (too_large).")
     worker_buffer_maxsize: int = Field(default=4096, ge=1, description="Faust stream buffer per partition (records).")
-    worker_commit_interval_s: float = Field(default=1.0, gt=0, description="How often processed input offsets are committed.")
     worker_session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout (dead worker detection).")
     worker_heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
     worker_rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer rebalance timeout.")

@@ -248,8 +248,9 @@ class StreamEngine:
                 log.error("dropping unreadable worker state %r: %s", key, exc)
         self.builder = self._new_builder()
         self.metrics.open_sequences.set(len(self.store))
-        log.info("restored %d open sequences, %d pending events, %d partition offsets (%d unreadable)",
-                 len(self.store), len(self.pending), len(self.offsets), bad)
+        log.info("restored %d open sequences, %d pending events, %d partition offsets %s (%d unreadable)",
+                 len(self.store), len(self.pending), len(self.offsets),
+                 {f"{t}[{p}]": o for (t, p), o in sorted(self.offsets.items())}, bad)
 
     def has_changes(self) -> bool:
         return bool(self.store.dirty or self.store.deleted or self.pending_dirty or self.pending_deleted or self.offsets_dirty)
@@ -284,8 +285,14 @@ class StreamEngine:
         """Fold one input record in; bad input goes to the DLQ and processing goes on."""
         tp = (rec.topic, rec.partition)
         done = self.offsets.get(tp)
-        if done is not None and rec.offset <= done:
-            return  # already in the restored state (re-delivered after a crash)
+        if done is not None:
+            if rec.offset <= done:
+                return  # already in the restored state (re-delivered after a crash)
+            if rec.offset > done + 1:
+                # Kafka offsets of a plain topic are contiguous: records in between never reached us.
+                self.metrics.input_gaps.inc(rec.offset - done - 1)
+                log.error("input records %s[%d] offsets %d..%d were skipped before processing",
+                          rec.topic, rec.partition, done + 1, rec.offset - 1)
         self.offsets[tp] = rec.offset
         self.offsets_dirty.add(tp)
         self.last_arrival = time.monotonic()

@@ -7,13 +7,22 @@ and record building live in :class:`worker.agents.StreamEngine`.
 
 How a batch is made durable (at-least-once without double counting):
 
-1. the agent reads batches with ``stream.noack_take`` (events are *not* acked automatically);
+1. the agent collects records from the input topic, whose Faust acks are switched off
+   (``acks=False``): Faust never commits input offsets on its own;
 2. the engine folds the records in and scores the sequences they closed; score, anomaly and DLQ
    records go to the producer at once (latency);
 3. at a checkpoint (every ``worker_checkpoint_interval_s``, on the timer, before a rebalance) the
    changed state (accumulators, held-back events, the highest processed offset per partition) goes
    to the table's changelog, the producer is flushed and every record is confirmed;
-4. only then are the events acked, so the offsets Faust commits never pass the durable state.
+4. only then does the worker commit, per partition, the offset after the highest one processed,
+   so the committed offsets never pass the durable state.
+
+Why not Faust's acks: Faust acks a record *it* skips (a record fetched under an older consumer
+generation, or while flow control is suspended during a rebalance) and commits past it, and its
+commit accepts a one-record hole at the head of the acked offsets.  Either loses a record nobody
+processed (seen under load in the crash test).  Committing the processed offsets ourselves makes
+the commit exactly what the changelog holds; a record Faust skips is fetched again after the
+rebalance that caused the skip, from that commit.
 
 Checkpointing per interval instead of per batch is what keeps one-line records cheap: the state
 of an open sequence is written once per interval, not once per small batch.
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from shared.settings import Settings
@@ -67,7 +77,10 @@ class WorkerRuntime:
     stream: Any = None
     buffer: list[Any] = field(default_factory=list)
     buffer_started: float = field(default_factory=time.monotonic)
-    unacked: list[Any] = field(default_factory=list)
+    #: Records folded in since the last checkpoint (their offsets are not committed yet).
+    uncommitted: int = 0
+    #: Input offsets committed so far, per partition (the next offset to read).
+    committed: dict[int, int] = field(default_factory=dict)
     inflight: list[Any] = field(default_factory=list)
     pending_changes: dict[str, StateChange] = field(default_factory=dict)
 
@@ -128,11 +141,11 @@ class WorkerRuntime:
                 self.metrics.end_to_end_seconds.observe(max(0.0, (now_ms - out.source_ms) / 1000))
 
     async def checkpoint(self) -> None:
-        """Make everything so far durable, then ack the input (see the module docstring).
+        """Make everything so far durable, then commit the input offsets (see the module docstring).
 
         Writes the changed state (latest value per key) to the changelog, waits until the broker
-        has every output and state record, and only then acks the consumed events, so the offsets
-        Faust commits never run ahead of the state a restarted worker resumes from.
+        has every output and state record, and only then commits the processed input offsets, so
+        the committed offsets never run ahead of the state a restarted worker resumes from.
         """
         for ch in self.engine.drain_state():
             self.pending_changes[ch.key] = ch
@@ -148,11 +161,29 @@ class WorkerRuntime:
             await self.app.producer.flush()
             await asyncio.gather(*self.inflight)
             self.inflight.clear()
-        if self.unacked and self.stream is not None:
-            for ev in self.unacked:
-                await self.stream.ack(ev)
-            self.unacked.clear()
+        await self._commit_processed()
+        self.uncommitted = 0
         self.last_checkpoint = time.monotonic()
+
+    async def _commit_processed(self) -> None:
+        """Commit the offset after the highest processed one of each assigned input partition.
+
+        Called only once the state that covers those offsets is in the changelog.  Uses Faust's
+        own commit step (``Consumer._commit_offsets``: commit, table hooks, bookkeeping) with
+        offsets we computed, because Faust's ack-based offsets can pass unprocessed records.
+        """
+        topic = self.settings.input_topic
+        assigned = self._assigned_partitions()
+        offsets = {}
+        for (t, partition), done in self.engine.offsets.items():
+            nxt = done + 1
+            if t == topic and partition in assigned and nxt > self.committed.get(partition, -1):
+                offsets[TP(t, partition)] = nxt
+        if not offsets:
+            return
+        if await self.app.consumer._commit_offsets(offsets):
+            for tp, nxt in offsets.items():
+                self.committed[tp.partition] = nxt
 
     def _collect(self, outputs_changes: tuple[list[Output], list[StateChange]]) -> list[Output]:
         outputs, changes = outputs_changes
@@ -163,7 +194,7 @@ class WorkerRuntime:
     def _checkpoint_due(self) -> bool:
         return (
             time.monotonic() - self.last_checkpoint >= self.settings.worker_checkpoint_interval_s
-            or len(self.unacked) >= self.settings.worker_checkpoint_max_records
+            or self.uncommitted >= self.settings.worker_checkpoint_max_records
         )
 
     # ------------------------------------------------------------------ entry points
@@ -179,7 +210,7 @@ class WorkerRuntime:
             if self.needs_restore and not self._ready():
                 # Faust can deliver records while the table is still recovering.  Restoring from a
                 # half-recovered table can bring back a partition's processed offset without the
-                # accumulators it covers, and those events would be lost: hold the records (unacked)
+                # accumulators it covers, and those events would be lost: hold the records (uncommitted)
                 # until recovery is complete.  A rewind that re-delivers them is de-duplicated by
                 # the restored per-partition offsets.
                 self.held.extend(events)
@@ -208,7 +239,7 @@ class WorkerRuntime:
                 # Let heartbeats, the web server and the producer run between big records.
                 engine.lines_seen = 0
                 await asyncio.sleep(0)
-        self.unacked.extend(events)
+        self.uncommitted += len(events)
         await self._send_outputs(self._collect(engine.finish_batch(drain=False)))
         if self._checkpoint_due():
             await self.checkpoint()
@@ -217,8 +248,8 @@ class WorkerRuntime:
     async def tick(self) -> None:
         async with self.lock:
             if not self._ready():
-                # A rebalance is waiting for our in-flight events: make them durable and ack them.
-                if self.unacked or self.engine.has_changes():
+                # A rebalance is under way: make what we processed durable and commit it.
+                if self.uncommitted or self.engine.has_changes():
                     await self.checkpoint()
                 return
             self._restore_if_needed()
@@ -232,8 +263,20 @@ class WorkerRuntime:
                     self.engine.swap_model(new)
             self.engine.tick(now)
             await self._send_outputs(self._collect(self.engine.finish_batch(drain=False)))
-            if self.unacked or self.inflight or self.engine.has_changes():
+            if self.uncommitted or self.inflight or self.engine.has_changes():
                 await self.checkpoint()
+
+
+def log_task_stacks() -> None:
+    """Log the stack of every asyncio task of the running loop (the worker's SIGUSR1 handler)."""
+    import io
+
+    tasks = asyncio.all_tasks()
+    out = io.StringIO()
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        out.write(f"--- task {task.get_name()} {task.get_coro()!r}\n")
+        task.print_stack(limit=12, file=out)
+    log.warning("%d asyncio tasks (SIGUSR1):\n%s", len(tasks), out.getvalue())
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -299,7 +342,6 @@ def create_app(
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=settings.worker_commit_interval_s,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=settings.worker_heartbeat_interval_s,
         broker_rebalance_timeout=settings.worker_rebalance_timeout_s,
@@ -317,7 +359,8 @@ def create_app(
         stream_recovery_delay=settings.worker_recovery_delay_s,
     )
     parts = settings.topic_partitions
-    input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, partitions=parts)
+    # acks=False: Faust must not commit input offsets; checkpoint() commits the processed ones.
+    input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, partitions=parts, acks=False)
     app.Table(STATE_TABLE, default=None, partitions=parts, key_type=str, value_type=None,
               help="open sequences, held-back events and processed offsets")
 
@@ -326,7 +369,7 @@ def create_app(
 
     @app.agent(input_topic, name="lo2-sequences")
     async def sequences(stream: faust.StreamT[bytes]) -> None:
-        # noack: events are acked by runtime.checkpoint(), after their effects are durable.  The
+        # noack: no per-event ack bookkeeping (the topic's acks are off; checkpoint() commits).  The
         # batch is collected here rather than with Faust's take(): that costs one buffer processor
         # and several task switches per record, a third of the time of a one-line record.
         manual = stream.noack()
@@ -347,15 +390,24 @@ def create_app(
         await runtime.tick()
 
     async def _rebalanced(*args: Any, **kwargs: Any) -> None:
-        # Fold in what was fetched under the old assignment, make it durable (and ack it) before
+        # Fold in what was fetched under the old assignment, make it durable (and commit it) before
         # partitions move, then rebuild from the table on the next batch.
         await runtime.flush_buffer()
         async with runtime.lock:
             await runtime.checkpoint()
             runtime.needs_restore = True
+            runtime.committed.clear()  # the next owner's commits may have moved them
 
     app.on_partitions_assigned.connect(_rebalanced)
     app.on_partitions_revoked.connect(_rebalanced)
+
+    @app.task
+    async def install_task_dump() -> None:
+        # `kill -USR1 <pid>` logs where every asyncio task waits: the one tool that explains a
+        # worker that is alive (serves /metrics) but makes no progress.
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
 
     @app.task
     async def declare_outputs() -> None:

@@ -42,6 +42,7 @@ class WorkerMetrics:
     model_info: Gauge
     model_reloads: Counter
     online_learned: Counter
+    input_gaps: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -83,6 +84,12 @@ class WorkerMetrics:
             ),
             online_learned=Counter(
                 f"{p}_online_learned_sequences", "Sequences the River online model learned from (non-anomalous only).", registry=reg
+            ),
+            input_gaps=Counter(
+                f"{p}_input_offset_gaps",
+                "Input records skipped without being processed: a record arrived more than one offset past the last "
+                "one processed in its partition (should stay 0; a rise means lost input).",
+                registry=reg,
             ),
         )
 

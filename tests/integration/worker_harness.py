@@ -100,7 +100,6 @@ def base_env(bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
     # Quick group joins and commits (the values of tests/plugins/kafka.py FAST_FAUST_SETTINGS).
     env.setdefault("LO2_WORKER_HEARTBEAT_INTERVAL_S", "0.3")
     env.setdefault("LO2_WORKER_SESSION_TIMEOUT_S", "6")
-    env.setdefault("LO2_WORKER_COMMIT_INTERVAL_S", "0.5")
     env.setdefault("LO2_WORKER_RECOVERY_DELAY_S", "0")
     env.update(extra)
     return env
@@ -127,6 +126,12 @@ class WorkerProc:
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def dump_tasks(self, wait_s: float = 1.0) -> None:
+        """Ask a live worker to log where each of its asyncio tasks waits (its SIGUSR1 handler)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(wait_s)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -141,8 +146,8 @@ class WorkerProc:
                 self.kill()
 
 
-def start_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str = "w") -> WorkerProc:
-    w = spawn_worker(env, model, workdir, name=name)
+def start_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str = "w", log_level: str = "warn") -> WorkerProc:
+    w = spawn_worker(env, model, workdir, name=name, log_level=log_level)
     wait_up(w)
     return w
 
@@ -151,13 +156,13 @@ def wait_up(w: WorkerProc) -> None:
     wait_until(lambda: _up(w), 60, f"worker on port {w.web_port} did not serve /metrics", w)
 
 
-def spawn_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str = "w") -> WorkerProc:
+def spawn_worker(env: dict[str, str], model: Path, workdir: Path, *, name: str = "w", log_level: str = "warn") -> WorkerProc:
     """Start ``lo2 worker`` without waiting for it (start several at once, then :func:`wait_up`)."""
     port = free_port()
     log_path = workdir / f"{name}-{port}.log"
     datadir = workdir / f"data-{name}-{port}"
     cmd = [sys.executable, "-m", "lo2", "worker", "--model", str(model), "--web-port", str(port),
-           "--datadir", str(datadir), "--log-level", "warn"]
+           "--datadir", str(datadir), "--log-level", log_level]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     return WorkerProc(proc, port, log_path)
@@ -211,6 +216,33 @@ def read_topic(bootstrap: str, topic: str, *, idle_s: float = 1.5) -> list[tuple
                     out.extend((m.key, m.value or b"") for m in msgs)
         finally:
             await c.stop()
+
+    return asyncio.run(main())
+
+
+def group_lag(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]]:
+    """Per partition of ``topic``: (offset committed by ``group`` or None, end offset)."""
+
+    async def main() -> dict[int, tuple[int | None, int]]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await admin.start()
+        await c.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+            parts = c.partitions_for_topic(topic) or set()
+            if not parts:
+                await c._client.force_metadata_update()
+                parts = c.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            ends = await c.end_offsets(tps)
+            return {tp.partition: (committed[tp].offset if tp in committed else None, ends[tp]) for tp in tps}
+        finally:
+            await c.stop()
+            await admin.close()
 
     return asyncio.run(main())
 

@@ -125,6 +125,22 @@ def test_restored_state_resumes_open_sequences(world: dict[str, object]) -> None
     assert sorted(scores.values()) == pytest.approx(sorted(world["batch"].values()))  # type: ignore[attr-defined]
 
 
+def test_skipped_input_offsets_are_counted(world: dict[str, object]) -> None:
+    """A record arriving past a hole in its partition's offsets is lost input: counted, not silent."""
+    stats = ReplayStats()
+    records = list(build_records(folder_chunks(world["root"], TRIM, stats), batch_lines=16, stats=stats))[:12]  # type: ignore[arg-type]
+    engine = _engine(world["bundle"])  # type: ignore[arg-type]
+    gaps = "lo2_worker_input_offset_gaps_total"
+    for i, r in enumerate(records[:5]):
+        engine.handle(RecordIn(r.key, r.value, "lo2.logs", 0, i, 1))
+        engine.handle(RecordIn(r.key, r.value, "lo2.logs", 1, 100 + i, 1))  # another partition, contiguous
+    assert engine.metrics.registry.get_sample_value(gaps) == 0
+    engine.handle(RecordIn(records[5].key, records[5].value, "lo2.logs", 0, 3, 1))  # re-delivered: skipped, no gap
+    assert engine.metrics.registry.get_sample_value(gaps) == 0
+    engine.handle(RecordIn(records[8].key, records[8].value, "lo2.logs", 0, 8, 1))  # offsets 5, 6, 7 never came
+    assert engine.metrics.registry.get_sample_value(gaps) == 3
+
+
 def test_hot_reload_keeps_the_old_model_when_the_new_one_is_broken(world: dict[str, object], tmp_path: Path) -> None:
     import shutil
 
