@@ -1038,7 +1038,7 @@ def load_runs(
     *,
     write_events: bool = True,
     write_sequences: bool = True,
-    batch_bytes: int = 64 << 20,
+    batch_bytes: int = 32 << 20,
     target: TargetFn | None = None,
     progress: ProgressFn | None = None,
     engine: LoaderEngine = "auto",

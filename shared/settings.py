@@ -179,7 +179,9 @@ class Settings(BaseSettings):
         description="Where `lo2 load` writes events.parquet, sequences.parquet and load_summary.json.",
     )
     loader_batch_mb: int = Field(
-        default=64,
+        # 32, not 64: with the native tokenizer a 64 MB batch's buffers are fresh mmaps every time
+        # (page faults ~25 % of the CPU); 32 MB measured ~6 % less CPU and ~25 % less peak RSS.
+        default=32,
         ge=1,
         description="Raw log megabytes the loader parses per batch (bounds its peak memory).",
     )
