@@ -865,26 +865,15 @@ def parse_batch(
     return BatchResult(events.drop("fid"), sequences, stats, problems)
 
 
-def _file_columns(tasks: Sequence[FileTask]) -> pa.Table:
-    """The per-file columns of the contract, one row per file of the batch (row = fid)."""
-    return pa.table(
-        {
-            "run": pa.array([t.run for t in tasks], pa.large_string()),
-            "run_epoch": pa.array([t.run_epoch for t in tasks], pa.int64()),
-            "test_case": pa.array([t.test_case for t in tasks], pa.large_string()),
-            "service": pa.array([t.service for t in tasks], pa.large_string()),
-            "seq_id": pa.array([t.seq_id for t in tasks], pa.large_string()),
-            "anomaly": pa.array([t.test_case != "correct" for t in tasks], pa.bool_()),
-            "anomaly_service": pa.array([t.anomaly_service for t in tasks], pa.bool_()),
-        }
-    )
-
-
 def _parse_batch_native(
     tasks: Sequence[FileTask], datas: Sequence[bytes], trim_init_lines: int, trim_mode: TrimMode
 ) -> BatchResult:
     """:func:`parse_batch` with the compiled tokenizer: one pass per line, Arrow columns out."""
-    nb = native.parse(datas, [t.run_epoch for t in tasks], trim_mode, trim_init_lines, MAX_EXAMPLES)
+    file_cols = [
+        (t.run, t.run_epoch, t.test_case, t.service, t.seq_id, t.test_case != "correct", t.anomaly_service)
+        for t in tasks
+    ]
+    nb = native.parse(datas, file_cols, trim_mode, trim_init_lines, MAX_EXAMPLES)
     files = nb.files
     stats = [
         FileStats(
@@ -909,29 +898,22 @@ def _parse_batch_native(
     ]
     problems += [Problem(str(tasks[fid].path), line_no, kind, redact(text[:_EXAMPLE_CHARS]))
                  for fid, line_no, kind, text in nb.examples]
-    per_file = _file_columns(tasks)
-    cols = nb.columns
-    # the few per-file columns by gather (fid = row of per_file); the rest as the tokenizer made them
-    taken = per_file.take(cols["fid"])
-    events = pa.Table.from_arrays(
-        [taken.column(name) if name in per_file.column_names else cols[name] for name in EVENTS_SCHEMA.names],
-        schema=EVENTS_SCHEMA,
-    )
+    events = pa.Table.from_arrays([nb.columns[name] for name in EVENTS_SCHEMA.names], schema=EVENTS_SCHEMA)
     written = [i for i, n in enumerate(files["events_written"]) if n]
-    seq_files = per_file.take(pa.array(written, pa.int32()))
     start = [files["start"][i] for i in written]
     end = [files["end"][i] for i in written]
-    seq_cols = {
+    seq_cols: dict[str, pa.Array] = {
+        name: pa.array([file_cols[i][k] for i in written], EVENTS_SCHEMA.field(name).type)
+        for k, name in enumerate(("run", "run_epoch", "test_case", "service", "seq_id", "anomaly", "anomaly_service"))
+    }
+    seq_cols |= {
         "n_events": pa.array([files["events_written"][i] for i in written], pa.int32()),
         "n_stack_lines": pa.array([files["stack_lines_written"][i] for i in written], pa.int32()),
         "start": pa.array(start, pa.timestamp("ms", tz="UTC")),
         "end": pa.array(end, pa.timestamp("ms", tz="UTC")),
         "duration_s": pa.array([(e - s) / 1000.0 for s, e in zip(start, end, strict=True)], pa.float64()),
     }
-    sequences = pa.Table.from_arrays(
-        [seq_cols[name] if name in seq_cols else seq_files.column(name) for name in SEQUENCES_SCHEMA.names],
-        schema=SEQUENCES_SCHEMA,
-    )
+    sequences = pa.Table.from_arrays([seq_cols[name] for name in SEQUENCES_SCHEMA.names], schema=SEQUENCES_SCHEMA)
     return BatchResult(events, sequences, stats, problems)
 
 

@@ -74,8 +74,7 @@ class NativeBatch:
     """What the tokenizer returns for a batch: event columns (Arrow) and per-file counters."""
 
     n: int
-    #: fid, line_no, timestamp (ms UTC, date resolved), thread, correlation_id, level, logger,
-    #: method, message, stack, n_stack_lines
+    #: every column of the events contract (loader.EVENTS_SCHEMA) by name
     columns: dict[str, pa.Array]
     #: counter name -> one value per file of the batch
     files: dict[str, list[int]]
@@ -88,18 +87,28 @@ def _buffer(buf: Any) -> pa.Buffer:
     return pa.foreign_buffer(buf.address(), buf.nbytes(), base=buf)
 
 
-_STRINGS = ("thread", "correlation_id", "level", "logger", "method", "message", "stack")
-_FIXED = {"fid": pa.int32(), "line_no": pa.int32(), "timestamp": pa.timestamp("ms", tz="UTC"), "n_stack_lines": pa.int32()}
+_STRINGS = ("run", "test_case", "service", "seq_id", "thread", "correlation_id", "level", "logger", "method",
+            "message", "stack")
+_FIXED = {
+    "run_epoch": pa.int64(), "line_no": pa.int32(), "timestamp": pa.timestamp("ms", tz="UTC"),
+    "n_stack_lines": pa.int32(), "anomaly": pa.bool_(), "anomaly_service": pa.bool_(),
+}
+#: (run, run_epoch in seconds, test_case, service, seq_id, anomaly, anomaly_service) of a file
+FileColumns = tuple[str, int, str, str, str, bool, bool]
 
 
 def parse(
-    datas: Sequence[bytes], epochs: Sequence[int], trim_mode: str, trim_init_lines: int, max_examples: int
+    datas: Sequence[bytes], files: Sequence[FileColumns], trim_mode: str, trim_init_lines: int, max_examples: int
 ) -> NativeBatch:
-    """Run ``batch._native.parse_batch`` on the raw bytes of a batch's files (run epochs in seconds)."""
+    """Run ``batch._native.parse_batch`` on the raw bytes of a batch's files.
+
+    ``files`` gives each file's columns of the contract; the tokenizer repeats them on the file's
+    events (a gather in Arrow would cost another pass and the ``pyarrow.compute`` import).
+    """
     if _native is None:
         raise ConfigError(f"batch._native is not built ({IMPORT_ERROR})")
     out = _native.parse_batch(
-        list(datas), list(epochs), trim_mode, trim_init_lines,
+        list(datas), list(files), trim_mode, trim_init_lines,
         list(TRAFFIC_THREAD_PREFIXES), list(TRAFFIC_THREAD_INFIXES), STARTUP_MAIN_THREAD, max_examples,
     )
     n = int(out["n"])

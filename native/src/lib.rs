@@ -125,6 +125,40 @@ impl StrCol {
     }
 }
 
+/// A boolean column under construction (Arrow bit-packed values, LSB first).
+struct BoolCol {
+    bits: Vec<u8>,
+    len: usize,
+}
+
+impl BoolCol {
+    fn new(rows: usize) -> Self {
+        BoolCol { bits: Vec::with_capacity(rows / 8 + 1), len: 0 }
+    }
+
+    #[inline]
+    fn push(&mut self, v: bool) {
+        if self.len.is_multiple_of(8) {
+            self.bits.push(0);
+        }
+        if v {
+            *self.bits.last_mut().unwrap() |= 1 << (self.len % 8);
+        }
+        self.len += 1;
+    }
+}
+
+/// The per-file columns of the events contract, repeated on every event of the file.
+struct FileCols {
+    run: Vec<String>,
+    test_case: Vec<String>,
+    service: Vec<String>,
+    seq_id: Vec<String>,
+    epoch: Vec<i64>,
+    anomaly: Vec<bool>,
+    anomaly_service: Vec<bool>,
+}
+
 #[inline]
 fn is_ws(b: u8) -> bool {
     // shared.parsing: the six characters of BLANK_CHARS / the regex's NS class complement.
@@ -306,7 +340,13 @@ struct PerFile {
 type Example = (usize, u32, &'static str, String);
 
 struct Out {
-    fid: Vec<i32>,
+    run: StrCol,
+    run_epoch: Vec<i64>,
+    test_case: StrCol,
+    service: StrCol,
+    seq_id: StrCol,
+    anomaly: BoolCol,
+    anomaly_service: BoolCol,
     line_no: Vec<i32>,
     timestamp: Vec<i64>,
     n_stack: Vec<i32>,
@@ -358,7 +398,8 @@ fn note(out: &mut Out, max: usize, fid: usize, line_no: u32, kind: &'static str,
     }
 }
 
-fn process_file(data: &[u8], fid: usize, epoch_s: i64, cfg: &Cfg, out: &mut Out, evs: &mut Vec<Ev>, conts: &mut Vec<Span>) {
+fn process_file(data: &[u8], fid: usize, meta: &FileCols, cfg: &Cfg, out: &mut Out, evs: &mut Vec<Ev>, conts: &mut Vec<Span>) {
+    let epoch_s = meta.epoch[fid];
     let repaired;
     let (text, bad_lines): (&[u8], Vec<u32>) = if std::str::from_utf8(data).is_ok() {
         (data, Vec::new())
@@ -452,7 +493,13 @@ fn process_file(data: &[u8], fid: usize, epoch_s: i64, cfg: &Cfg, out: &mut Out,
         let ts = resolve_ms(ev.tod, reference_ms);
         t_min = t_min.min(ts);
         t_max = t_max.max(ts);
-        out.fid.push(fid as i32);
+        out.run.push(meta.run[fid].as_bytes());
+        out.run_epoch.push(epoch_s);
+        out.test_case.push(meta.test_case[fid].as_bytes());
+        out.service.push(meta.service[fid].as_bytes());
+        out.seq_id.push(meta.seq_id[fid].as_bytes());
+        out.anomaly.push(meta.anomaly[fid]);
+        out.anomaly_service.push(meta.anomaly_service[fid]);
         out.line_no.push(ev.line_no as i32);
         out.timestamp.push(ts);
         let f = &ev.f;
@@ -503,18 +550,21 @@ fn process_file(data: &[u8], fid: usize, epoch_s: i64, cfg: &Cfg, out: &mut Out,
 
 /// Parse the raw bytes of several service logs (one batch) in one pass per line.
 ///
-/// Returns a dict: ``n`` (events written), the event columns ``fid``, ``line_no``, ``timestamp``
-/// (ms, resolved from ``epochs`` = each file's run epoch in seconds), ``n_stack_lines`` as Buffers
-/// and ``thread``, ``correlation_id``, ``level``, ``logger``, ``method``, ``message``, ``stack`` as
-/// ``(validity | None, offsets, data)`` Buffer triples of large_string arrays; ``files``: per-file
-/// counter lists; ``examples``: the first ``max_examples`` malformed / orphan lines.
+/// ``files`` = (run, run_epoch in seconds, test_case, service, seq_id, anomaly, anomaly_service) per
+/// file: the per-file columns, repeated on each event (the date is resolved from the run epoch).
+/// Returns a dict: ``n`` (events written), the event columns ``run_epoch``, ``line_no``,
+/// ``timestamp`` (ms), ``n_stack_lines`` as Buffers, ``anomaly``/``anomaly_service`` as bitmap
+/// Buffers, and ``run``, ``test_case``, ``service``, ``seq_id``, ``thread``, ``correlation_id``,
+/// ``level``, ``logger``, ``method``, ``message``, ``stack`` as ``(validity | None, offsets, data)``
+/// Buffer triples of large_string arrays; ``files``: per-file counter lists; ``examples``: the first
+/// ``max_examples`` malformed / orphan lines.
 #[pyfunction]
-#[pyo3(signature = (datas, epochs, trim_mode, trim_init_lines, traffic_prefixes, traffic_infixes, main_thread, max_examples))]
+#[pyo3(signature = (datas, files, trim_mode, trim_init_lines, traffic_prefixes, traffic_infixes, main_thread, max_examples))]
 #[allow(clippy::too_many_arguments)]
 fn parse_batch<'py>(
     py: Python<'py>,
     datas: Vec<PyBackedBytes>,
-    epochs: Vec<i64>,
+    files: Vec<(String, i64, String, String, String, bool, bool)>,
     trim_mode: &str,
     trim_init_lines: u32,
     traffic_prefixes: Vec<String>,
@@ -522,8 +572,26 @@ fn parse_batch<'py>(
     main_thread: String,
     max_examples: usize,
 ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
-    if datas.len() != epochs.len() {
-        return Err(PyValueError::new_err(format!("{} files but {} epochs", datas.len(), epochs.len())));
+    if datas.len() != files.len() {
+        return Err(PyValueError::new_err(format!("{} file contents but {} file descriptions", datas.len(), files.len())));
+    }
+    let mut meta = FileCols {
+        run: Vec::with_capacity(files.len()),
+        test_case: Vec::with_capacity(files.len()),
+        service: Vec::with_capacity(files.len()),
+        seq_id: Vec::with_capacity(files.len()),
+        epoch: Vec::with_capacity(files.len()),
+        anomaly: Vec::with_capacity(files.len()),
+        anomaly_service: Vec::with_capacity(files.len()),
+    };
+    for (run, epoch, test_case, service, seq_id, anomaly, anomaly_service) in files {
+        meta.run.push(run);
+        meta.epoch.push(epoch);
+        meta.test_case.push(test_case);
+        meta.service.push(service);
+        meta.seq_id.push(seq_id);
+        meta.anomaly.push(anomaly);
+        meta.anomaly_service.push(anomaly_service);
     }
     let trim = match trim_mode {
         "none" => Trim::None,
@@ -544,7 +612,13 @@ fn parse_batch<'py>(
     let rows = total / 150 + 16;
     let out = py.detach(|| {
         let mut out = Out {
-            fid: Vec::with_capacity(rows),
+            run: StrCol::new(false, rows, rows * 24),
+            run_epoch: Vec::with_capacity(rows),
+            test_case: StrCol::new(false, rows, rows * 40),
+            service: StrCol::new(false, rows, rows * 8),
+            seq_id: StrCol::new(false, rows, rows * 16),
+            anomaly: BoolCol::new(rows),
+            anomaly_service: BoolCol::new(rows),
             line_no: Vec::with_capacity(rows),
             timestamp: Vec::with_capacity(rows),
             n_stack: Vec::with_capacity(rows),
@@ -560,18 +634,24 @@ fn parse_batch<'py>(
         };
         let mut evs: Vec<Ev> = Vec::with_capacity(4096);
         let mut conts: Vec<Span> = Vec::with_capacity(1024);
-        for (fid, (data, &epoch)) in datas.iter().zip(epochs.iter()).enumerate() {
-            process_file(data, fid, epoch, &cfg, &mut out, &mut evs, &mut conts);
+        for (fid, data) in datas.iter().enumerate() {
+            process_file(data, fid, &meta, &cfg, &mut out, &mut evs, &mut conts);
         }
         out
     });
     let d = pyo3::types::PyDict::new(py);
-    d.set_item("n", out.fid.len())?;
-    d.set_item("fid", Py::new(py, Buffer { storage: Storage::I32(out.fid) })?)?;
+    d.set_item("n", out.line_no.len())?;
+    d.set_item("run_epoch", Py::new(py, Buffer { storage: Storage::I64(out.run_epoch) })?)?;
+    d.set_item("anomaly", Py::new(py, Buffer { storage: Storage::U8(out.anomaly.bits) })?)?;
+    d.set_item("anomaly_service", Py::new(py, Buffer { storage: Storage::U8(out.anomaly_service.bits) })?)?;
     d.set_item("line_no", Py::new(py, Buffer { storage: Storage::I32(out.line_no) })?)?;
     d.set_item("timestamp", Py::new(py, Buffer { storage: Storage::I64(out.timestamp) })?)?;
     d.set_item("n_stack_lines", Py::new(py, Buffer { storage: Storage::I32(out.n_stack) })?)?;
-    let cols: [(&str, StrCol); 7] = [
+    let cols: [(&str, StrCol); 11] = [
+        ("run", out.run),
+        ("test_case", out.test_case),
+        ("service", out.service),
+        ("seq_id", out.seq_id),
         ("thread", out.thread),
         ("correlation_id", out.cid),
         ("level", out.level),
