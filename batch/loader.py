@@ -873,7 +873,7 @@ def _parse_batch_native(
         (t.run, t.run_epoch, t.test_case, t.service, t.seq_id, t.test_case != "correct", t.anomaly_service)
         for t in tasks
     ]
-    nb = native.parse(datas, file_cols, trim_mode, trim_init_lines, MAX_EXAMPLES)
+    nb = native.parse(datas, file_cols, trim_mode, trim_init_lines, MAX_EXAMPLES, EVENTS_SCHEMA, SEQUENCES_SCHEMA)
     files = nb.files
     stats = [
         FileStats(
@@ -898,23 +898,7 @@ def _parse_batch_native(
     ]
     problems += [Problem(str(tasks[fid].path), line_no, kind, redact(text[:_EXAMPLE_CHARS]))
                  for fid, line_no, kind, text in nb.examples]
-    events = pa.Table.from_arrays([nb.columns[name] for name in EVENTS_SCHEMA.names], schema=EVENTS_SCHEMA)
-    written = [i for i, n in enumerate(files["events_written"]) if n]
-    start = [files["start"][i] for i in written]
-    end = [files["end"][i] for i in written]
-    seq_cols: dict[str, pa.Array] = {
-        name: pa.array([file_cols[i][k] for i in written], EVENTS_SCHEMA.field(name).type)
-        for k, name in enumerate(("run", "run_epoch", "test_case", "service", "seq_id", "anomaly", "anomaly_service"))
-    }
-    seq_cols |= {
-        "n_events": pa.array([files["events_written"][i] for i in written], pa.int32()),
-        "n_stack_lines": pa.array([files["stack_lines_written"][i] for i in written], pa.int32()),
-        "start": pa.array(start, pa.timestamp("ms", tz="UTC")),
-        "end": pa.array(end, pa.timestamp("ms", tz="UTC")),
-        "duration_s": pa.array([(e - s) / 1000.0 for s, e in zip(start, end, strict=True)], pa.float64()),
-    }
-    sequences = pa.Table.from_arrays([seq_cols[name] for name in SEQUENCES_SCHEMA.names], schema=SEQUENCES_SCHEMA)
-    return BatchResult(events, sequences, stats, problems)
+    return BatchResult(nb.events, nb.sequences, stats, problems)
 
 
 def parse_file(

@@ -71,11 +71,12 @@ def resolve(engine: str) -> Literal["native", "polars"]:
 
 @dataclass(slots=True)
 class NativeBatch:
-    """What the tokenizer returns for a batch: event columns (Arrow) and per-file counters."""
+    """What the tokenizer returns for a batch: both contract tables and per-file counters."""
 
-    n: int
-    #: every column of the events contract (loader.EVENTS_SCHEMA) by name
-    columns: dict[str, pa.Array]
+    #: events.parquet rows (in the schema given to :func:`parse`)
+    events: pa.Table
+    #: sequences.parquet rows: one per file with events written
+    sequences: pa.Table
     #: counter name -> one value per file of the batch
     files: dict[str, list[int]]
     #: (file index, line_no, kind, text) of the first malformed / orphan continuation lines
@@ -87,23 +88,38 @@ def _buffer(buf: Any) -> pa.Buffer:
     return pa.foreign_buffer(buf.address(), buf.nbytes(), base=buf)
 
 
-_STRINGS = ("run", "test_case", "service", "seq_id", "thread", "correlation_id", "level", "logger", "method",
-            "message", "stack")
-_FIXED = {
-    "run_epoch": pa.int64(), "line_no": pa.int32(), "timestamp": pa.timestamp("ms", tz="UTC"),
-    "n_stack_lines": pa.int32(), "anomaly": pa.bool_(), "anomaly_service": pa.bool_(),
-}
+def _table(out: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """The tokenizer's buffers as a table.  No ``pa.array(list)`` here: that imports pandas (~0.3 s)."""
+    n = int(out["n"])
+    arrays = []
+    for f in schema:
+        if f.type == pa.large_string():
+            validity, offsets, data = out[f.name]
+            bufs = [None if validity is None else _buffer(validity), _buffer(offsets), _buffer(data)]
+        else:
+            bufs = [None, _buffer(out[f.name])]
+        arrays.append(pa.Array.from_buffers(f.type, n, bufs))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 #: (run, run_epoch in seconds, test_case, service, seq_id, anomaly, anomaly_service) of a file
 FileColumns = tuple[str, int, str, str, str, bool, bool]
 
 
 def parse(
-    datas: Sequence[bytes], files: Sequence[FileColumns], trim_mode: str, trim_init_lines: int, max_examples: int
+    datas: Sequence[bytes],
+    files: Sequence[FileColumns],
+    trim_mode: str,
+    trim_init_lines: int,
+    max_examples: int,
+    events_schema: pa.Schema,
+    sequences_schema: pa.Schema,
 ) -> NativeBatch:
     """Run ``batch._native.parse_batch`` on the raw bytes of a batch's files.
 
     ``files`` gives each file's columns of the contract; the tokenizer repeats them on the file's
-    events (a gather in Arrow would cost another pass and the ``pyarrow.compute`` import).
+    events (a gather in Arrow would cost another pass and the ``pyarrow.compute`` import).  The
+    schemas are the loader's contract (the tokenizer fills every column of both).
     """
     if _native is None:
         raise ConfigError(f"batch._native is not built ({IMPORT_ERROR})")
@@ -111,13 +127,6 @@ def parse(
         list(datas), list(files), trim_mode, trim_init_lines,
         list(TRAFFIC_THREAD_PREFIXES), list(TRAFFIC_THREAD_INFIXES), STARTUP_MAIN_THREAD, max_examples,
     )
-    n = int(out["n"])
-    columns: dict[str, pa.Array] = {
-        name: pa.Array.from_buffers(typ, n, [None, _buffer(out[name])]) for name, typ in _FIXED.items()
-    }
-    for name in _STRINGS:
-        validity, offsets, data = out[name]
-        columns[name] = pa.Array.from_buffers(
-            pa.large_string(), n, [None if validity is None else _buffer(validity), _buffer(offsets), _buffer(data)]
-        )
-    return NativeBatch(n, columns, out["files"], out["examples"])
+    return NativeBatch(
+        _table(out, events_schema), _table(out["sequences"], sequences_schema), out["files"], out["examples"]
+    )

@@ -35,6 +35,7 @@ enum Storage {
     U8(Vec<u8>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    F64(Vec<f64>),
 }
 
 #[pymethods]
@@ -45,6 +46,7 @@ impl Buffer {
             Storage::U8(v) => v.as_ptr() as usize,
             Storage::I32(v) => v.as_ptr() as usize,
             Storage::I64(v) => v.as_ptr() as usize,
+            Storage::F64(v) => v.as_ptr() as usize,
         }
     }
 
@@ -54,6 +56,7 @@ impl Buffer {
             Storage::U8(v) => v.len(),
             Storage::I32(v) => v.len() * 4,
             Storage::I64(v) => v.len() * 8,
+            Storage::F64(v) => v.len() * 8,
         }
     }
 }
@@ -331,15 +334,48 @@ struct PerFile {
     events_trimmed: Vec<i64>,
     lines_trimmed: Vec<i64>,
     events_written: Vec<i64>,
-    stack_lines_written: Vec<i64>,
-    start: Vec<i64>,
-    end: Vec<i64>,
 }
 
 /// (fid, line_no, kind: "malformed" | "orphan_continuation", text) of a bad line.
 type Example = (usize, u32, &'static str, String);
 
+/// ``sequences.parquet`` rows: one per file with at least one event written.
+struct SeqOut {
+    run: StrCol,
+    run_epoch: Vec<i64>,
+    test_case: StrCol,
+    service: StrCol,
+    seq_id: StrCol,
+    n_events: Vec<i32>,
+    n_stack_lines: Vec<i32>,
+    start: Vec<i64>,
+    end: Vec<i64>,
+    duration_s: Vec<f64>,
+    anomaly: BoolCol,
+    anomaly_service: BoolCol,
+}
+
+impl SeqOut {
+    fn new(files: usize) -> Self {
+        SeqOut {
+            run: StrCol::new(false, files, files * 24),
+            run_epoch: Vec::with_capacity(files),
+            test_case: StrCol::new(false, files, files * 40),
+            service: StrCol::new(false, files, files * 8),
+            seq_id: StrCol::new(false, files, files * 16),
+            n_events: Vec::with_capacity(files),
+            n_stack_lines: Vec::with_capacity(files),
+            start: Vec::with_capacity(files),
+            end: Vec::with_capacity(files),
+            duration_s: Vec::with_capacity(files),
+            anomaly: BoolCol::new(files),
+            anomaly_service: BoolCol::new(files),
+        }
+    }
+}
+
 struct Out {
+    seq: SeqOut,
     run: StrCol,
     run_epoch: Vec<i64>,
     test_case: StrCol,
@@ -543,9 +579,21 @@ fn process_file(data: &[u8], fid: usize, meta: &FileCols, cfg: &Cfg, out: &mut O
     pf.events_trimmed.push(first_kept as i64);
     pf.lines_trimmed.push(lines_trimmed);
     pf.events_written.push(written);
-    pf.stack_lines_written.push(stack_written);
-    pf.start.push(if written > 0 { t_min } else { 0 });
-    pf.end.push(if written > 0 { t_max } else { 0 });
+    if written > 0 {
+        let sq = &mut out.seq;
+        sq.run.push(meta.run[fid].as_bytes());
+        sq.run_epoch.push(epoch_s);
+        sq.test_case.push(meta.test_case[fid].as_bytes());
+        sq.service.push(meta.service[fid].as_bytes());
+        sq.seq_id.push(meta.seq_id[fid].as_bytes());
+        sq.n_events.push(written as i32);
+        sq.n_stack_lines.push(stack_written as i32);
+        sq.start.push(t_min);
+        sq.end.push(t_max);
+        sq.duration_s.push((t_max - t_min) as f64 / 1000.0);
+        sq.anomaly.push(meta.anomaly[fid]);
+        sq.anomaly_service.push(meta.anomaly_service[fid]);
+    }
 }
 
 /// Parse the raw bytes of several service logs (one batch) in one pass per line.
@@ -556,8 +604,9 @@ fn process_file(data: &[u8], fid: usize, meta: &FileCols, cfg: &Cfg, out: &mut O
 /// ``timestamp`` (ms), ``n_stack_lines`` as Buffers, ``anomaly``/``anomaly_service`` as bitmap
 /// Buffers, and ``run``, ``test_case``, ``service``, ``seq_id``, ``thread``, ``correlation_id``,
 /// ``level``, ``logger``, ``method``, ``message``, ``stack`` as ``(validity | None, offsets, data)``
-/// Buffer triples of large_string arrays; ``files``: per-file counter lists; ``examples``: the first
-/// ``max_examples`` malformed / orphan lines.
+/// Buffer triples of large_string arrays; ``sequences``: the sequences.parquet columns the same way
+/// (one row per file with events written); ``files``: per-file counter lists; ``examples``: the
+/// first ``max_examples`` malformed / orphan lines.
 #[pyfunction]
 #[pyo3(signature = (datas, files, trim_mode, trim_init_lines, traffic_prefixes, traffic_infixes, main_thread, max_examples))]
 #[allow(clippy::too_many_arguments)]
@@ -612,6 +661,7 @@ fn parse_batch<'py>(
     let rows = total / 150 + 16;
     let out = py.detach(|| {
         let mut out = Out {
+            seq: SeqOut::new(datas.len()),
             run: StrCol::new(false, rows, rows * 24),
             run_epoch: Vec::with_capacity(rows),
             test_case: StrCol::new(false, rows, rows * 40),
@@ -677,10 +727,23 @@ fn parse_batch<'py>(
     files.set_item("events_trimmed", pf.events_trimmed)?;
     files.set_item("lines_trimmed", pf.lines_trimmed)?;
     files.set_item("events_written", pf.events_written)?;
-    files.set_item("stack_lines_written", pf.stack_lines_written)?;
-    files.set_item("start", pf.start)?;
-    files.set_item("end", pf.end)?;
     d.set_item("files", files)?;
+    let sq = out.seq;
+    let seq = pyo3::types::PyDict::new(py);
+    seq.set_item("n", sq.n_events.len())?;
+    seq.set_item("run_epoch", Py::new(py, Buffer { storage: Storage::I64(sq.run_epoch) })?)?;
+    seq.set_item("n_events", Py::new(py, Buffer { storage: Storage::I32(sq.n_events) })?)?;
+    seq.set_item("n_stack_lines", Py::new(py, Buffer { storage: Storage::I32(sq.n_stack_lines) })?)?;
+    seq.set_item("start", Py::new(py, Buffer { storage: Storage::I64(sq.start) })?)?;
+    seq.set_item("end", Py::new(py, Buffer { storage: Storage::I64(sq.end) })?)?;
+    seq.set_item("duration_s", Py::new(py, Buffer { storage: Storage::F64(sq.duration_s) })?)?;
+    seq.set_item("anomaly", Py::new(py, Buffer { storage: Storage::U8(sq.anomaly.bits) })?)?;
+    seq.set_item("anomaly_service", Py::new(py, Buffer { storage: Storage::U8(sq.anomaly_service.bits) })?)?;
+    for (name, col) in [("run", sq.run), ("test_case", sq.test_case), ("service", sq.service), ("seq_id", sq.seq_id)] {
+        let bufs: StrBuffers = col.into_py(py)?;
+        seq.set_item(name, bufs)?;
+    }
+    d.set_item("sequences", seq)?;
     d.set_item("examples", out.examples)?;
     Ok(d)
 }
