@@ -29,9 +29,10 @@ import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from shared.errors import PayloadError
+from shared.parsing import ParsedFields
 from shared.records import AnomalyRecord, ModelRef, ScoreRecord, SequenceKey, sequence_record_id
 from shared.sequences import (
     ClosedSequence,
@@ -44,11 +45,11 @@ from worker.dlq import dlq_bytes, dlq_record
 from worker.envelopes import (
     ContinuationLine,
     EndOfSequence,
+    InputLine,
     InputMode,
     Limits,
-    LineEvent,
     decode_record,
-    parse_line_item,
+    parse_item_fields,
 )
 from worker.scoring import LoadedModel, ScoredSequence, Scorer, explain
 from worker.telemetry import WorkerMetrics
@@ -57,10 +58,14 @@ log = logging.getLogger(__name__)
 
 OutKind = Literal["anomaly", "score", "dlq"]
 _CLOSED_BY = {"end": "end_marker", "idle": "idle", "window": "window", "flush": "shutdown"}
+#: Re-reads of one hole in a partition's offsets before the worker accepts that the broker has no
+#: records there (one re-read can lose the same race that made the hole; three in a row cannot).
+MAX_REWINDS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class RecordIn:
+class RecordIn(NamedTuple):
+    """One input record (a named tuple: built once per record, several times cheaper than a frozen dataclass)."""
+
     key: bytes | None
     value: bytes | None
     topic: str
@@ -89,7 +94,8 @@ class StateChange:
 class _Pending:
     """An event held back until the next event of its stream (continuations may still follow)."""
 
-    event: dict[str, Any]
+    #: The event without its stack lines (those are in ``stack`` until it is folded in).
+    event: Event
     stack: list[str]
     partition: int
     record_ms: int | None
@@ -98,17 +104,21 @@ class _Pending:
     def build(self) -> Event:
         e = self.event
         if self.stack:
-            return Event(e["service"], e["run"], e["test_case"], e["timestamp_ms"], e["level"], e["logger"],
-                         e["method"], e["message"], len(self.stack), "\n".join(self.stack))
-        return Event(e["service"], e["run"], e["test_case"], e["timestamp_ms"], e["level"], e["logger"],
-                     e["method"], e["message"])
+            return Event(e.service, e.run, e.test_case, e.timestamp_ms, e.level, e.logger, e.method, e.message,
+                         len(self.stack), "\n".join(self.stack))
+        return e
 
     def to_state(self) -> dict[str, Any]:
-        return {"p": self.partition, "event": self.event, "stack": self.stack, "record_ms": self.record_ms}
+        e = self.event
+        event = {"service": e.service, "run": e.run, "test_case": e.test_case, "timestamp_ms": e.timestamp_ms,
+                 "level": e.level, "logger": e.logger, "method": e.method, "message": e.message}
+        return {"p": self.partition, "event": event, "stack": self.stack, "record_ms": self.record_ms}
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> _Pending:
-        return cls(dict(data["event"]), list(data["stack"]), int(data["p"]), data.get("record_ms"), time.monotonic())
+        e = data["event"]
+        event = Event(e["service"], e["run"], e["test_case"], e["timestamp_ms"], e["level"], e["logger"], e["method"], e["message"])
+        return cls(event, list(data["stack"]), int(data["p"]), data.get("record_ms"), time.monotonic())
 
 
 class TrackedStore(MutableMapping[str, SequenceAccumulator]):
@@ -183,14 +193,22 @@ class StreamEngine:
         self.pending_deleted: dict[tuple[str, str, str], int] = {}
         self.offsets: dict[tuple[str, int], int] = {}
         self.offsets_dirty: set[tuple[str, int]] = set()
+        # partition -> (highest offset seen since a hole, re-reads asked for it)
+        self.rewinding: dict[tuple[str, int], tuple[int, int]] = {}
+        self.rewind_requests: dict[tuple[str, int], int] = {}  # partition -> offset to seek to
         self.last_record_ms: dict[tuple[str, str, str], int] = {}  # stream -> Kafka time of its last event
         self.draining: dict[str, LoadedModel] = {}  # seq_id -> model that encoded it (after a hot reload)
         self.closed: list[ClosedSequence] = []
         self.outputs: list[Output] = []
         self.last_arrival = time.monotonic()
-        self._events_in: dict[str, Any] = {}
         self.lines_seen = 0  # lines handled since the app last yielded to the event loop
+        # Per-record counts are kept in plain ints/dicts and added to the Prometheus counters once per
+        # batch (finish_batch): a counter increment takes a lock, which costs more than the count.
+        self._n_records = {True: 0, False: 0}  # json?, count
+        self._n_events: dict[str, int] = {}  # service -> count
+        self._n_continuations = {"attached": 0, "orphan": 0}
         self._records_in = {True: metrics.records_in.labels(form="json"), False: metrics.records_in.labels(form="raw")}
+        self._events_in: dict[str, Any] = {}
         self.builder = self._new_builder()
 
     # ------------------------------------------------------------------ model / builder
@@ -230,6 +248,8 @@ class StreamEngine:
         self.pending_deleted.clear()
         self.offsets.clear()
         self.offsets_dirty.clear()
+        self.rewinding.clear()
+        self.rewind_requests.clear()
         self.closed.clear()
         bad = 0
         for key, value in items:
@@ -285,14 +305,8 @@ class StreamEngine:
         """Fold one input record in; bad input goes to the DLQ and processing goes on."""
         tp = (rec.topic, rec.partition)
         done = self.offsets.get(tp)
-        if done is not None:
-            if rec.offset <= done:
-                return  # already in the restored state (re-delivered after a crash)
-            if rec.offset > done + 1:
-                # Kafka offsets of a plain topic are contiguous: records in between never reached us.
-                self.metrics.input_gaps.inc(rec.offset - done - 1)
-                log.error("input records %s[%d] offsets %d..%d were skipped before processing",
-                          rec.topic, rec.partition, done + 1, rec.offset - 1)
+        if done is not None and not self._in_order(rec, tp, done):
+            return
         self.offsets[tp] = rec.offset
         self.offsets_dirty.add(tp)
         self.last_arrival = time.monotonic()
@@ -302,8 +316,8 @@ class StreamEngine:
         except PayloadError as exc:
             self._dlq(rec, exc.reason, str(exc), rec.value)
             return
-        is_json = self.cfg.input_mode == "json" or (self.cfg.input_mode == "auto" and (rec.value or b"").lstrip()[:1] == b"{")
-        self._records_in[is_json].inc()
+        mode = self.cfg.input_mode
+        self._n_records[mode == "json" or (mode == "auto" and (rec.value or b"").lstrip()[:1] == b"{")] += 1
         for err in decoded.errors:
             self._dlq(rec, err.reason, err.message, err.raw.encode("utf-8", errors="replace"), err.index)
         self.lines_seen += len(decoded.items)
@@ -312,7 +326,7 @@ class StreamEngine:
                 self._end(item)
                 continue
             try:
-                parsed = parse_line_item(item, rec.timestamp_ms)
+                parsed = parse_item_fields(item, rec.timestamp_ms)
             except PayloadError as exc:
                 self._dlq(rec, exc.reason, str(exc), item.line.encode("utf-8", errors="replace"), item.index)
                 continue
@@ -321,7 +335,58 @@ class StreamEngine:
             if isinstance(parsed, ContinuationLine):
                 self._continuation(parsed)
             else:
-                self._event(parsed, rec)
+                self._event(item, parsed[0], parsed[1], rec)
+
+    def _in_order(self, rec: RecordIn, tp: tuple[str, int], done: int) -> bool:
+        """Whether ``rec`` is the next record of its partition (``done`` = the last one processed).
+
+        A record at or below ``done`` was processed already (re-delivered after a crash or a
+        rebalance).  A record past ``done + 1`` means records in between never reached us: the
+        Faust stream can drop fetched records (seen under load right after start-up: its fetch
+        loop still delivers records of a fetch made before a seek, and drops re-fetched records
+        below them), and processing past them would lose them for good.  So the worker asks for
+        a re-read from ``done + 1`` (:meth:`take_rewinds`), ignores what was fetched before that
+        seek (offsets still climbing) and resumes at the first record of the re-read (the offset
+        goes back).  A re-read that again starts past the hole is retried (the same race can hit
+        it) up to :data:`MAX_REWINDS` times; after that the broker has nothing in between
+        (transaction markers, compaction or retention): counted, logged, and processing goes on.
+        """
+        state = self.rewinding.get(tp)
+        if state is not None:
+            seen, attempts = state
+            if rec.offset > seen:  # fetched before the seek took effect
+                self.rewinding[tp] = (rec.offset, attempts)
+                return False
+            # the offset went back: the re-read has started
+            if rec.offset <= done + 1:
+                del self.rewinding[tp]
+                return rec.offset == done + 1
+            if attempts < MAX_REWINDS:
+                self._rewind(rec, tp, done, attempts + 1)
+                return False
+            del self.rewinding[tp]
+            self.metrics.input_holes.inc(rec.offset - done - 1)
+            log.warning("input %s[%d]: %d re-reads found no records at offsets %d..%d; going on from %d",
+                        rec.topic, rec.partition, attempts, done + 1, rec.offset - 1, rec.offset)
+            return True
+        if rec.offset <= done:
+            return False  # already in the restored state
+        if rec.offset > done + 1:
+            self._rewind(rec, tp, done, 1)
+            return False
+        return True
+
+    def _rewind(self, rec: RecordIn, tp: tuple[str, int], done: int, attempt: int) -> None:
+        self.metrics.input_rewinds.inc()
+        log.warning("input %s[%d]: offset %d arrived after %d; re-reading from %d (attempt %d)",
+                    rec.topic, rec.partition, rec.offset, done, done + 1, attempt)
+        self.rewinding[tp] = (rec.offset, attempt)
+        self.rewind_requests[tp] = done + 1
+
+    def take_rewinds(self) -> dict[tuple[str, int], int]:
+        """Partitions to re-read and the offset to seek each to (the app performs the seeks)."""
+        out, self.rewind_requests = self.rewind_requests, {}
+        return out
 
     def _stream(self, run: str | None, test_case: str | None, service: str) -> tuple[str, str, str]:
         """The stream an event continues: (run, test case, service) for the file policy; for the
@@ -331,18 +396,17 @@ class StreamEngine:
             return (run if run is not None else self.cfg.live_stream, "", service)
         return (run if run is not None else self.cfg.live_stream, test_case or "", service)
 
-    def _event(self, ev: LineEvent, rec: RecordIn) -> None:
-        counter = self._events_in.get(ev.service)
-        if counter is None:
-            counter = self._events_in[ev.service] = self.metrics.events_in.labels(service=ev.service)
-        counter.inc()
-        s = self._stream(ev.run, ev.test_case, ev.service)
+    def _event(self, item: InputLine, timestamp_ms: int, fields: ParsedFields, rec: RecordIn) -> None:
+        """Hold the event back as its stream's pending one (``fields`` as from ``parse_fields``)."""
+        service = item.service
+        n = self._n_events
+        n[service] = n.get(service, 0) + 1
+        s = self._stream(item.run, item.test_case, service)
         self._fold_pending(s)
-        p = ev.parsed
+        _, _, _, level, logger, method, message = fields
         self.pending[s] = _Pending(
-            {"service": s[2], "run": s[0], "test_case": s[1], "timestamp_ms": ev.timestamp_ms, "level": p.level,
-             "logger": p.logger, "method": p.method, "message": p.message},
-            [], rec.partition, rec.timestamp_ms, time.monotonic(),
+            Event(service, s[0], s[1], timestamp_ms, level, logger, method, message),
+            [], rec.partition, rec.timestamp_ms, self.last_arrival,
         )
         self.pending_dirty.add(s)
         self.pending_deleted.pop(s, None)
@@ -350,11 +414,29 @@ class StreamEngine:
     def _continuation(self, c: ContinuationLine) -> None:
         p = self.pending.get(self._stream(c.run, c.test_case, c.service))
         if p is None:
-            self.metrics.continuation_lines.labels(result="orphan").inc()
+            self._n_continuations["orphan"] += 1
             return
         p.stack.append(c.text)
         self.pending_dirty.add(self._stream(c.run, c.test_case, c.service))
-        self.metrics.continuation_lines.labels(result="attached").inc()
+        self._n_continuations["attached"] += 1
+
+    def _flush_counts(self) -> None:
+        """Add the per-record counts gathered since the last batch to the Prometheus counters."""
+        for is_json, n in self._n_records.items():
+            if n:
+                self._records_in[is_json].inc(n)
+                self._n_records[is_json] = 0
+        if self._n_events:
+            for service, n in self._n_events.items():
+                counter = self._events_in.get(service)
+                if counter is None:
+                    counter = self._events_in[service] = self.metrics.events_in.labels(service=service)
+                counter.inc(n)
+            self._n_events.clear()
+        for result, n in self._n_continuations.items():
+            if n:
+                self.metrics.continuation_lines.labels(result=result).inc(n)
+                self._n_continuations[result] = 0
 
     def _fold_pending(self, s: tuple[str, str, str]) -> None:
         p = self.pending.pop(s, None)
@@ -402,6 +484,7 @@ class StreamEngine:
         With ``drain=False`` the changes keep accumulating until :meth:`drain_state` (the app calls
         it once per checkpoint, so an open sequence is serialized once per checkpoint, not per batch).
         """
+        self._flush_counts()
         closed, self.closed = self.closed, []
         if closed:
             groups: dict[int, tuple[LoadedModel, list[ClosedSequence]]] = {}

@@ -229,21 +229,34 @@ class WorkerRuntime:
         """Fold records into the state (under the lock, state restored), send outputs, checkpoint."""
         self._restore_if_needed()
         engine = self.engine
+        handle = engine.handle
         budget = self.settings.worker_yield_every_lines
         for ev in events:
             msg = ev.message
             ts = msg.timestamp
-            engine.handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
-                                   int(ts * 1000) if ts else None))
+            handle(RecordIn(msg.key, msg.value, msg.topic, msg.partition, msg.offset, int(ts * 1000) if ts else None))
             if engine.lines_seen >= budget:
                 # Let heartbeats, the web server and the producer run between big records.
                 engine.lines_seen = 0
                 await asyncio.sleep(0)
         self.uncommitted += len(events)
+        await self._seek_rewinds()
         await self._send_outputs(self._collect(engine.finish_batch(drain=False)))
         if self._checkpoint_due():
             await self.checkpoint()
         self.batches += 1
+
+    async def _seek_rewinds(self) -> None:
+        """Re-read partitions from the hole the engine found (see ``StreamEngine._in_order``)."""
+        requests = self.engine.take_rewinds()
+        if not requests:
+            return
+        assigned = self._assigned_partitions()
+        for (topic, partition), offset in requests.items():
+            if partition in assigned:
+                await self.app.consumer.seek(TP(topic, partition), offset)
+            else:  # no longer ours: its new owner reads from our last commit
+                self.engine.rewinding.pop((topic, partition), None)
 
     async def tick(self) -> None:
         async with self.lock:
@@ -372,9 +385,14 @@ def create_app(
         # noack: no per-event ack bookkeeping (the topic's acks are off; checkpoint() commits).  The
         # batch is collected here rather than with Faust's take(): that costs one buffer processor
         # and several task switches per record, a third of the time of a one-line record.
+        # The stream is iterated directly and the event read from it: ``events()`` wraps the same
+        # iterator in one more async generator, a resume per record.
         manual = stream.noack()
         runtime.stream = manual
-        async for event in manual.events():
+        async for _ in manual:
+            event = manual.current_event
+            if event is None:
+                continue
             runtime.buffer.append(event)
             if len(runtime.buffer) >= batch_max or time.monotonic() - runtime.buffer_started >= within:
                 await runtime.flush_buffer()

@@ -42,7 +42,8 @@ class WorkerMetrics:
     model_info: Gauge
     model_reloads: Counter
     online_learned: Counter
-    input_gaps: Counter
+    input_rewinds: Counter
+    input_holes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -85,10 +86,16 @@ class WorkerMetrics:
             online_learned=Counter(
                 f"{p}_online_learned_sequences", "Sequences the River online model learned from (non-anomalous only).", registry=reg
             ),
-            input_gaps=Counter(
-                f"{p}_input_offset_gaps",
-                "Input records skipped without being processed: a record arrived more than one offset past the last "
-                "one processed in its partition (should stay 0; a rise means lost input).",
+            input_rewinds=Counter(
+                f"{p}_input_rewinds",
+                "Times a record arrived past a hole in its partition's offsets and the worker re-read from the hole "
+                "(the Faust stream can drop a fetched record; nothing is lost).",
+                registry=reg,
+            ),
+            input_holes=Counter(
+                f"{p}_input_offset_holes",
+                "Input offsets the broker had no record for on a re-read (transaction markers, compaction, retention); "
+                "on a plain topic this stays 0.",
                 registry=reg,
             ),
         )

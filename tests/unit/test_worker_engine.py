@@ -10,7 +10,7 @@ import pytest
 
 from shared.records import AnomalyRecord, DlqRecord, ScoreRecord
 from tests.worker_data import TRIM, batch_scores, build_bundle, load_events, write_runs
-from worker.agents import EngineConfig, RecordIn, StreamEngine
+from worker.agents import MAX_REWINDS, EngineConfig, RecordIn, StreamEngine
 from worker.replay import ReplayStats, build_records, folder_chunks
 from worker.scoring import LoadedModel, ModelWatcher, Scorer
 from worker.telemetry import WorkerMetrics
@@ -125,20 +125,61 @@ def test_restored_state_resumes_open_sequences(world: dict[str, object]) -> None
     assert sorted(scores.values()) == pytest.approx(sorted(world["batch"].values()))  # type: ignore[attr-defined]
 
 
-def test_skipped_input_offsets_are_counted(world: dict[str, object]) -> None:
-    """A record arriving past a hole in its partition's offsets is lost input: counted, not silent."""
+def _records(world: dict[str, object], batch_lines: int = 16) -> list[RecordIn]:
     stats = ReplayStats()
-    records = list(build_records(folder_chunks(world["root"], TRIM, stats), batch_lines=16, stats=stats))[:12]  # type: ignore[arg-type]
+    records = list(build_records(folder_chunks(world["root"], TRIM, stats), batch_lines=batch_lines, stats=stats))  # type: ignore[arg-type]
+    return [RecordIn(r.key, r.value, "lo2.logs", 0, i, 1) for i, r in enumerate(records)]
+
+
+def _scores(engine: StreamEngine) -> dict[str, tuple[float, int]]:
+    outputs, _ = engine.finish_batch()
+    return {(r := ScoreRecord.model_validate_json(o.value)).id: (r.score, r.event_count) for o in outputs if o.kind == "score"}
+
+
+def test_a_dropped_record_is_re_read_not_lost(world: dict[str, object]) -> None:
+    """Offsets 0..9, then 12, 13 (11 and 10 never came), then the re-read from 10: all processed once."""
+    recs = _records(world)
+    reference = _engine(world["bundle"])  # type: ignore[arg-type]
+    for r in recs:
+        reference.handle(r)
+    expected = _scores(reference)
     engine = _engine(world["bundle"])  # type: ignore[arg-type]
-    gaps = "lo2_worker_input_offset_gaps_total"
-    for i, r in enumerate(records[:5]):
-        engine.handle(RecordIn(r.key, r.value, "lo2.logs", 0, i, 1))
-        engine.handle(RecordIn(r.key, r.value, "lo2.logs", 1, 100 + i, 1))  # another partition, contiguous
-    assert engine.metrics.registry.get_sample_value(gaps) == 0
-    engine.handle(RecordIn(records[5].key, records[5].value, "lo2.logs", 0, 3, 1))  # re-delivered: skipped, no gap
-    assert engine.metrics.registry.get_sample_value(gaps) == 0
-    engine.handle(RecordIn(records[8].key, records[8].value, "lo2.logs", 0, 8, 1))  # offsets 5, 6, 7 never came
-    assert engine.metrics.registry.get_sample_value(gaps) == 3
+    for r in recs[:10]:
+        engine.handle(r)
+    engine.handle(recs[12])  # the hole: 10 and 11 are missing
+    assert engine.take_rewinds() == {("lo2.logs", 0): 10}
+    engine.handle(recs[13])  # still from the fetch before the seek: ignored
+    assert engine.offsets[("lo2.logs", 0)] == 9
+    for r in recs[10:]:  # the re-read after the seek
+        engine.handle(r)
+    assert engine.take_rewinds() == {}
+    reg = engine.metrics.registry
+    assert reg.get_sample_value("lo2_worker_input_rewinds_total") == 1
+    assert reg.get_sample_value("lo2_worker_input_offset_holes_total") == 0
+    assert _scores(engine) == expected
+
+
+def test_a_hole_the_broker_confirms_is_counted_and_skipped(world: dict[str, object]) -> None:
+    """When the re-read starts past the hole too (e.g. transaction markers), processing goes on from there."""
+    recs = _records(world)
+    engine = _engine(world["bundle"])  # type: ignore[arg-type]
+    for r in recs[:5]:
+        engine.handle(r)
+    moved = [RecordIn(r.key, r.value, r.topic, r.partition, r.offset + 2, r.timestamp_ms) for r in recs[5:9]]
+    engine.handle(moved[0])  # offset 7 after 4: re-read from 5
+    assert engine.take_rewinds() == {("lo2.logs", 0): 5}
+    reg = engine.metrics.registry
+    for attempt in range(2, MAX_REWINDS + 1):  # each re-read starts at 7 again: asked again
+        engine.handle(moved[0])
+        assert engine.take_rewinds() == {("lo2.logs", 0): 5}, attempt
+    assert reg.get_sample_value("lo2_worker_input_offset_holes_total") == 0
+    for r in moved:  # the last re-read: offsets 5 and 6 do not exist
+        engine.handle(r)
+    assert reg.get_sample_value("lo2_worker_input_rewinds_total") == MAX_REWINDS
+    assert reg.get_sample_value("lo2_worker_input_offset_holes_total") == 2
+    assert engine.offsets[("lo2.logs", 0)] == moved[-1].offset
+    engine.handle(recs[9])  # offset 9 after 10: already processed, not a hole
+    assert engine.take_rewinds() == {} and engine.offsets[("lo2.logs", 0)] == moved[-1].offset
 
 
 def test_hot_reload_keeps_the_old_model_when_the_new_one_is_broken(world: dict[str, object], tmp_path: Path) -> None:
