@@ -425,6 +425,7 @@ class EventEncoder:
     def __init__(self, spec: FeatureSpec, cache_size: int = 100_000) -> None:
         self.spec = spec
         self._cache: dict[tuple[str, str, str, str], tuple[int, tuple[int, ...], bool]] = {}
+        self._plain: dict[tuple[str, str, str, str], EncodedEvent] = {}
         self._cache_size = cache_size
 
     def encode_key(self, level: str, logger: str, method: str, masked: str) -> tuple[int, tuple[int, ...], bool]:
@@ -444,11 +445,23 @@ class EventEncoder:
         return hit
 
     def __call__(self, event: Event) -> EncodedEvent:
-        tid, tokens, failure = self.encode_key(event.level, event.logger, event.method, mask_message(event.message))
+        masked = mask_message(event.message)
         text = event.message if event.stack is None else event.message + "\n" + event.stack
+        if "ERR" not in text:
+            # No error codes: the result depends on the cache key only, so the (immutable)
+            # EncodedEvent itself is cached and shared: no object per event.
+            key = (event.level, event.logger, event.method, masked)
+            enc = self._plain.get(key)
+            if enc is None:
+                tid, tokens, failure = self.encode_key(*key)
+                if len(self._plain) >= self._cache_size:
+                    self._plain.clear()
+                enc = self._plain[key] = EncodedEvent(tid, (), tokens, failure, tid == UNSEEN_ID)
+            return enc
+        tid, tokens, failure = self.encode_key(event.level, event.logger, event.method, masked)
         return EncodedEvent(
             template_id=tid,
-            error_codes=error_codes(text) if "ERR" in text else (),
+            error_codes=error_codes(text),
             token_ids=tokens,
             failure_text=failure,
             unseen=tid == UNSEEN_ID,

@@ -35,9 +35,10 @@ from shared.errors import PayloadError
 from shared.parsing import (
     SERVICES,
     LineKind,
+    ParsedFields,
     ParsedLine,
     classify,
-    parse_line,
+    parse_fields,
     resolve_timestamp_ms,
 )
 
@@ -160,8 +161,9 @@ def normalize_service(name: str) -> str | None:
     return candidate if candidate in _SERVICE_SET else None
 
 
+@lru_cache(maxsize=4096)
 def run_epoch_ms(run: str | None) -> int | None:
-    """Epoch (ms) encoded in an LO2 run folder name, or ``None``."""
+    """Epoch (ms) encoded in an LO2 run folder name, or ``None`` (cached: every record of a run asks)."""
     if not run:
         return None
     m = _RUN_EPOCH_RE.search(run)
@@ -228,12 +230,21 @@ def _line(value: Any, index: int, limits: Limits, where: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def _optional_text_ok(value: Any, cap: int) -> bool:
+    return value is None or (type(value) is str and len(value) <= cap)
+
+
 def _decode_envelope(doc: dict[str, Any], limits: Limits) -> Decoded:
-    service_raw = _text_field(doc, "service", limits, required=True)
+    get, cap = doc.get, limits.max_field_chars
+    service_raw, run, test_case = get("service"), get("run"), get("test_case")
+    # One cheap test for the usual case; _text_field explains (and raises) when it fails.
+    if not (type(service_raw) is str and len(service_raw) <= cap and _optional_text_ok(run, cap)
+            and _optional_text_ok(test_case, cap) and _optional_text_ok(get("host"), cap)):
+        service_raw = _text_field(doc, "service", limits, required=True)
+        run = _text_field(doc, "run", limits, required=False)
+        test_case = _text_field(doc, "test_case", limits, required=False)
+        _text_field(doc, "host", limits, required=False)
     assert service_raw is not None
-    run = _text_field(doc, "run", limits, required=False)
-    test_case = _text_field(doc, "test_case", limits, required=False)
-    _text_field(doc, "host", limits, required=False)
     service = _service(service_raw)
     out = Decoded()
     if "end" in doc:
@@ -253,9 +264,13 @@ def _decode_envelope(doc: dict[str, Any], limits: Limits) -> Decoded:
         raise PayloadError("wrong_type", f"field 'lines' is {type(lines).__name__}; expected a list of strings")
     if len(lines) > limits.max_batch_lines:
         raise PayloadError("too_large", f"batch has {len(lines)} lines; at most {limits.max_batch_lines} allowed")
+    max_chars, items = limits.max_line_chars, out.items
     for i, value in enumerate(lines):
-        try:
-            out.items.append(InputLine(service, _line(value, i, limits, f"lines[{i}]"), run, test_case, reference, i))
+        if type(value) is str and len(value) <= max_chars:
+            items.append(InputLine(service, value, run, test_case, reference, i))
+            continue
+        try:  # not a string or too long: _line says which
+            items.append(InputLine(service, _line(value, i, limits, f"lines[{i}]"), run, test_case, reference, i))
         except PayloadError as exc:
             out.errors.append(LineError(i, exc.reason, str(exc), value if isinstance(value, str) else repr(value)[:200]))
     return out
@@ -397,8 +412,18 @@ def parse_line_item(item: InputLine, record_time_ms: int | None) -> LineEvent | 
     Raises :class:`PayloadError` (``unparsable_line``) for a line that starts with a time stamp but
     does not fit the logback layout, and when no reference time exists for the line's date.
     """
-    parsed = parse_line(item.line)
-    if parsed is None:
+    got = parse_item_fields(item, record_time_ms)
+    if got is None or isinstance(got, ContinuationLine):
+        return got
+    timestamp_ms, fields = got
+    return LineEvent(item.service, item.run, item.test_case, timestamp_ms, ParsedLine(*fields), item.line)
+
+
+def parse_item_fields(item: InputLine, record_time_ms: int | None) -> tuple[int, ParsedFields] | ContinuationLine | None:
+    """:func:`parse_line_item` for the engine's hot path: an event comes back as
+    ``(timestamp_ms, fields of ParsedLine)`` instead of two objects; same rules, same errors."""
+    fields = parse_fields(item.line)
+    if fields is None:
         kind = classify(item.line)
         if kind is LineKind.BLANK:
             return None
@@ -408,6 +433,4 @@ def parse_line_item(item: InputLine, record_time_ms: int | None) -> LineEvent | 
     reference = item.reference_ms if item.reference_ms is not None else record_time_ms
     if reference is None:
         raise PayloadError("wrong_type", "no reference time for the line's date: give 'ts', an LO2 run name or a record timestamp")
-    return LineEvent(
-        item.service, item.run, item.test_case, resolve_timestamp_ms(parsed.time_of_day_ms, reference), parsed, item.line
-    )
+    return resolve_timestamp_ms(fields[0], reference), fields
