@@ -134,6 +134,14 @@ class TrackedStore(MutableMapping[str, SequenceAccumulator]):
     def __getitem__(self, key: str) -> SequenceAccumulator:
         return self.data[key]
 
+    def get(self, key: str, default: Any = None) -> Any:
+        # The builder looks its accumulator up once per event: the inherited Mapping.get goes
+        # through __getitem__ and a KeyError for every new sequence.
+        return self.data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
     def __setitem__(self, key: str, value: SequenceAccumulator) -> None:
         self.data[key] = value
         self.partition_of.setdefault(key, self.current_partition)
@@ -346,16 +354,20 @@ class StreamEngine:
         loop still delivers records of a fetch made before a seek, and drops re-fetched records
         below them), and processing past them would lose them for good.  So the worker asks for
         a re-read from ``done + 1`` (:meth:`take_rewinds`), ignores what was fetched before that
-        seek (offsets still climbing) and resumes at the first record of the re-read (the offset
-        goes back).  A re-read that again starts past the hole is retried (the same race can hit
+        seek (offsets still climbing; each such batch asks for the seek again, because delivering
+        it moves Faust's read position past the re-read) and resumes at the first record of the
+        re-read (the offset goes back).  A re-read that again starts past the hole is retried (the same race can hit
         it) up to :data:`MAX_REWINDS` times; after that the broker has nothing in between
         (transaction markers, compaction or retention): counted, logged, and processing goes on.
         """
         state = self.rewinding.get(tp)
         if state is not None:
             seen, attempts = state
-            if rec.offset > seen:  # fetched before the seek took effect
+            if rec.offset > seen:
+                # Fetched before the seek took effect.  Its delivery moved Faust's read position
+                # past the re-read, which Faust would then drop: seek again (a local, cheap call).
                 self.rewinding[tp] = (rec.offset, attempts)
+                self.rewind_requests[tp] = done + 1
                 return False
             # the offset went back: the re-read has started
             if rec.offset <= done + 1:

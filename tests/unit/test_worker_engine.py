@@ -148,8 +148,9 @@ def test_a_dropped_record_is_re_read_not_lost(world: dict[str, object]) -> None:
         engine.handle(r)
     engine.handle(recs[12])  # the hole: 10 and 11 are missing
     assert engine.take_rewinds() == {("lo2.logs", 0): 10}
-    engine.handle(recs[13])  # still from the fetch before the seek: ignored
+    engine.handle(recs[13])  # still from the fetch before the seek: ignored, and the seek is asked again
     assert engine.offsets[("lo2.logs", 0)] == 9
+    assert engine.take_rewinds() == {("lo2.logs", 0): 10}
     for r in recs[10:]:  # the re-read after the seek
         engine.handle(r)
     assert engine.take_rewinds() == {}
