@@ -66,7 +66,9 @@ def test_malformed_records_go_to_the_dlq_and_good_ones_are_scored(
 ) -> None:
     w = world(tmp_path_factory.getbasetemp() / "worker-world", real_token_sample)
     topics = Topics()
-    env = base_env(kafka_bootstrap, topics, LO2_WORKER_MAX_RECORD_BYTES=str(MAX_BYTES))
+    # Faust's own sensor is off by default; this worker turns it on so that its branch of the
+    # /metrics page (both families on one page) stays covered.
+    env = base_env(kafka_bootstrap, topics, LO2_WORKER_MAX_RECORD_BYTES=str(MAX_BYTES), LO2_WORKER_FAUST_METRICS="true")
     worker = start_worker(env, w.bundle, tmp_path_factory.mktemp("bad-input"))
     bad = fuzzed_bad_records(seed=11, n=72)
     try:
@@ -77,6 +79,8 @@ def test_malformed_records_go_to_the_dlq_and_good_ones_are_scored(
                    and worker.metric("lo2_worker_invalid_records_total") >= len(bad), 90,
                    "all good sequences scored and all bad records dead-lettered", worker)
         assert worker.proc.poll() is None, "the worker must keep running"
+        page = worker.metrics_text()
+        assert f"lo2_faust_lo2_test_{topics.tag}_messages_received_total" in page
 
         dlq = [DlqRecord.model_validate_json(v) for _, v in read_topic(kafka_bootstrap, topics.dlq)]
         assert len(dlq) == len(bad)
