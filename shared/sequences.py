@@ -84,7 +84,7 @@ class SequencePolicy:
     kind: PolicyKind = "file"
     window_seconds: float = 60.0
     allowed_lateness_seconds: float = 5.0
-    idle_gap_seconds: float = 60.0
+    idle_gap_seconds: float = 180.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("file", "window"):

@@ -238,8 +238,10 @@ class Settings(BaseSettings):
     allowed_lateness_seconds: float = Field(
         default=5.0, ge=0, description="How long a window waits for late events after its end (event time)."
     )
+    # 180 s: above the longest silence inside one service log (generated LO2v2: 92 s, `key`; a v2
+    # test lasts at most 180 s).  A smaller gap splits such a log in the worker but not in batch.
     idle_gap_seconds: float = Field(
-        default=60.0, gt=0, description="A sequence with no event for this long (event time) is complete."
+        default=180.0, gt=0, description="A sequence with no event for this long (event time) is complete."
     )
     evidence_lines: int = Field(
         default=5, ge=0, description="Redacted evidence lines kept per sequence (ERROR/WARN/unseen first)."
