@@ -18,8 +18,8 @@ All in the same run on the same broker, so the ratios hold even on a busy machin
 
     .venv/bin/python bench/stream.py [--lines-per-file 2000] [--bootstrap HOST:PORT] [--repeat 3]
 
-On a shared machine single runs swing by tens of percent: ``--repeat N`` runs the one-line worker N
-times, each between two bare-agent runs, and reports the median ratio.
+On a shared machine single runs swing by tens of percent: ``--repeat N`` (default 3) runs the
+one-line worker N times, each between two bare-agent runs, and reports the median ratio.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def main() -> int:
     ap.add_argument("--live-copies", type=int, default=8, help="sets of 30 sequences in the live replay (latency sample size)")
     ap.add_argument("--live-lines-per-file", type=int, default=200, help="lines per service log in the live replay")
     ap.add_argument("--only", choices=["single", "batched"], default=None, help="run only this worker mode (and its baselines)")
-    ap.add_argument("--repeat", type=int, default=1,
+    ap.add_argument("--repeat", type=int, default=3,
                     help="one-line-per-record runs, each between two bare-agent runs (the ratio is the median of the runs' ratios)")
     ap.add_argument("--bootstrap", default=None, help="use this broker (default: KAFKA_BOOTSTRAP_SERVERS or a local one)")
     ap.add_argument("--bare-agent", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)

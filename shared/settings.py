@@ -141,8 +141,8 @@ class Settings(BaseSettings):
         default=False,
         description=(
             "Also expose Faust's own Prometheus sensor on /metrics (lo2_faust_<app_id>_*: rebalances, commit latency, "
-            "per-partition offsets). Off by default: lo2_worker_* covers the product, and the sensor costs ~80 us, "
-            "a quarter of the worker's rate, per one-line record."
+            "per-partition offsets). Off by default: lo2_worker_* covers the product, and the sensor costs ~70-80 us, "
+            "about a quarter of the worker's CPU, per one-line record."
         ),
     )
     worker_online_model: bool = Field(default=True, description="Score with River HalfSpaceTrees alongside the bundle.")
