@@ -118,12 +118,21 @@ class WorkerRuntime:
         Faust seeks only partitions that have a committed offset, so records of a never-committed
         partition that it fetched and dropped while the table recovered were not fetched again (seen
         in the crash test: a whole partition never reached the agent).  A partition without a stored
-        offset starts at its earliest record, which is also stored as "offset - 1" so the engine can
-        tell a hole at its very start (``StreamEngine._in_order``).
+        offset starts at its committed offset, or at its earliest record when it has none; that
+        start is also stored as "offset - 1" so the engine can tell a hole at its very start
+        (``StreamEngine._in_order``).
         """
         topic = self.settings.input_topic
         tps = [TP(topic, p) for p in sorted(assigned)]
-        unmarked = [tp for tp in tps if (topic, tp.partition) not in self.engine.offsets]
+        committed = getattr(self.app.consumer, "_committed_offset", {})  # what Faust's own seek read
+        unmarked = []
+        for tp in tps:
+            if (topic, tp.partition) in self.engine.offsets:
+                continue
+            if committed.get(tp):  # a commit without a stored offset (e.g. a reset table): keep it
+                self.engine.offsets[(topic, tp.partition)] = int(committed[tp]) - 1
+            else:
+                unmarked.append(tp)
         if unmarked:
             earliest = await self.app.consumer.earliest_offsets(*unmarked)
             for tp, first in earliest.items():
