@@ -79,8 +79,6 @@ class WorkerRuntime:
     buffer_started: float = field(default_factory=time.monotonic)
     #: Records folded in since the last checkpoint (their offsets are not committed yet).
     uncommitted: int = 0
-    #: Input offsets committed so far, per partition (the next offset to read).
-    committed: dict[int, int] = field(default_factory=dict)
     inflight: list[Any] = field(default_factory=list)
     pending_changes: dict[str, StateChange] = field(default_factory=dict)
 
@@ -124,7 +122,7 @@ class WorkerRuntime:
         """
         topic = self.settings.input_topic
         tps = [TP(topic, p) for p in sorted(assigned)]
-        committed = getattr(self.app.consumer, "_committed_offset", {})  # what Faust's own seek read
+        committed = self._committed()
         unmarked = []
         for tp in tps:
             if (topic, tp.partition) in self.engine.offsets:
@@ -196,6 +194,14 @@ class WorkerRuntime:
         self.uncommitted = 0
         self.last_checkpoint = time.monotonic()
 
+    def _committed(self) -> Any:
+        """Faust's record of committed input offsets per TP (the next offset to read, or None).
+
+        Faust fills it from the broker when it seeks after a rebalance, drops revoked partitions
+        from it, and ``Consumer._commit_offsets`` updates it with every commit of ours.
+        """
+        return getattr(self.app.consumer, "_committed_offset", {})
+
     async def _commit_processed(self) -> None:
         """Commit the offset after the highest processed one of each assigned input partition.
 
@@ -205,16 +211,14 @@ class WorkerRuntime:
         """
         topic = self.settings.input_topic
         assigned = self._assigned_partitions()
+        committed = self._committed()
         offsets = {}
         for (t, partition), done in self.engine.offsets.items():
-            nxt = done + 1
-            if t == topic and partition in assigned and nxt > self.committed.get(partition, -1):
-                offsets[TP(t, partition)] = nxt
-        if not offsets:
-            return
-        if await self.app.consumer._commit_offsets(offsets):
-            for tp, nxt in offsets.items():
-                self.committed[tp.partition] = nxt
+            tp = TP(t, partition)
+            if t == topic and partition in assigned and done + 1 > (committed.get(tp) or -1):
+                offsets[tp] = done + 1
+        if offsets:
+            await self.app.consumer._commit_offsets(offsets)
 
     def _collect(self, outputs_changes: tuple[list[Output], list[StateChange]]) -> list[Output]:
         outputs, changes = outputs_changes
@@ -448,7 +452,6 @@ def create_app(
         async with runtime.lock:
             await runtime.checkpoint()
             runtime.needs_restore = True
-            runtime.committed.clear()  # the next owner's commits may have moved them
 
     app.on_partitions_assigned.connect(_rebalanced)
     app.on_partitions_revoked.connect(_rebalanced)
