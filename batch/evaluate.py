@@ -39,7 +39,14 @@ import polars as pl
 
 from batch.registry import ModelSpec, available, get_spec
 from batch.splits import RunSplit, SplitName, SplitOrder, split_runs
-from batch.train import Events, Featurized, featurize, filter_services, input_matrix
+from batch.train import (
+    Events,
+    Featurized,
+    featurize,
+    filter_services,
+    input_matrix,
+    targeted_services,
+)
 from shared import detection_metrics as dm
 from shared.catalog import target_service
 from shared.errors import ConfigError, Lo2Error
@@ -51,6 +58,12 @@ LABEL_COLUMNS: Mapping[str, str] = {"paper": "anomaly", "service": "anomaly_serv
 LabelChoice = Literal["paper", "service", "both"]
 #: The service group that pools every service.
 ALL = "all"
+#: The service group that pools the services some test error case targets (the population of the
+#: service-aware label's done-when): a never-targeted service (``key``) is negative by definition
+#: and only lets a model score by telling services apart, which is not anomaly detection.
+TARGETED = "targeted"
+#: Groups that pool services; every other ``ResultRow.service`` is one service.
+POOLED_GROUPS: tuple[str, ...] = (ALL, TARGETED)
 #: Registry key of the leakage canary, evaluated next to every model.
 CANARY = "canary"
 #: Models of ``lo2 evaluate`` without --models: the IF and the reference's default registry keys.
@@ -220,7 +233,8 @@ class EvaluationResult:
         raise KeyError(f"no result for model={model!r} label={label!r} service={service!r}")
 
     def summary(self) -> dict[str, Any]:
-        """Headline checks: per label, the worst ROC-AUC over targeted services per model and canary."""
+        """Headline checks per label and model (the canary included): ROC-AUC pooled over all services
+        and over the targeted ones, and the worst and best single targeted service."""
         out: dict[str, Any] = {}
         for label in self.config.labels:
             per_model: dict[str, Any] = {}
@@ -231,10 +245,16 @@ class EvaluationResult:
                     if r.model == model and r.label == label and r.service in self.targeted_services
                 ]
                 ok = [v for v in vals if not math.isnan(v)]
-                pooled = [r for r in self.rows if (r.model, r.label, r.service) == (model, label, ALL)]
+                pooled = {
+                    r.service: r.metrics["roc_auc"].mean
+                    for r in self.rows
+                    if (r.model, r.label) == (model, label) and r.service in POOLED_GROUPS
+                }
                 per_model[model] = {
-                    "roc_auc_all": pooled[0].metrics["roc_auc"].mean if pooled else math.nan,
+                    "roc_auc_all": pooled.get(ALL, math.nan),
+                    "roc_auc_targeted": pooled.get(TARGETED, math.nan),
                     "min_roc_auc_targeted_services": min(ok) if ok else math.nan,
+                    "max_roc_auc_targeted_services": max(ok) if ok else math.nan,
                 }
             out[label] = per_model
         return out
@@ -418,11 +438,7 @@ def evaluate(
     rows, cases, scores = _collect(runs, preps_by_seed, config)
     timings["total"] = time.perf_counter() - t_start
     any_prep = next(iter(prepared.values()))
-    test_meta = any_prep.meta[any_prep.rows("test")]
-    targeted = sorted(
-        {t for t in (target_service(c) for c in test_meta["test_case"].unique().to_list()) if t}
-        & set(test_meta["service"].unique().to_list())
-    )
+    targeted = targeted_services(any_prep.meta[any_prep.rows("test")])
     return EvaluationResult(
         config=config,
         splits=splits,
@@ -458,9 +474,12 @@ def _collect(
         services = test_meta["service"].to_numpy()
         cases = test_meta["test_case"].to_numpy()
         run_scores = run.test_scores[keep]
+        targeted = targeted_services(test_meta)
         for label in _eval_labels(spec, run, config):
             y = prep.labels(label)[prep.rows("test")][keep]
             groups = [(ALL, np.ones(y.size, dtype=bool))]
+            if targeted:
+                groups.append((TARGETED, np.isin(services, targeted)))
             groups += [(s, services == s) for s in sorted(set(services.tolist()))]
             for service, mask in groups:
                 key = (run.model, label, service)
@@ -490,7 +509,12 @@ def _collect(
         for r in rows
     ]
     order = {m: i for i, m in enumerate(config.all_models)}
-    rows.sort(key=lambda r: (config.labels.index(r.label), r.service != ALL, r.service, order[r.model]))
+    group_order = {g: i for i, g in enumerate(POOLED_GROUPS)}
+    rows.sort(
+        key=lambda r: (
+            config.labels.index(r.label), group_order.get(r.service, len(POOLED_GROUPS)), r.service, order[r.model]
+        )
+    )
     case_rows = []
     for (model, label, case), hits in case_hits.items():
         n_pos = sum(h[0] for h in hits)

@@ -22,7 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from batch.evaluate import ALL, CANARY, EvaluationResult, MetricSummary, ResultRow, ScoreSet
+from batch.evaluate import (
+    ALL,
+    CANARY,
+    POOLED_GROUPS,
+    TARGETED,
+    EvaluationResult,
+    MetricSummary,
+    ResultRow,
+    ScoreSet,
+)
 from shared import detection_metrics as dm
 from shared.redaction import redact
 
@@ -155,7 +164,7 @@ def plot_histograms(result: EvaluationResult, label: str, out: Path) -> Path | N
 def plot_service_heatmap(result: EvaluationResult, label: str, out: Path) -> Path | None:
     """ROC-AUC (mean over seeds) per model × service; targeted services marked with *."""
     models = [m for m in result.config.all_models if any(r.model == m and r.label == label for r in result.rows)]
-    services = sorted({r.service for r in result.rows if r.label == label and r.service != ALL})
+    services = sorted({r.service for r in result.rows if r.label == label and r.service not in POOLED_GROUPS})
     if not models or not services:
         return None
     grid = np.full((len(models), len(services)), np.nan)
@@ -250,7 +259,7 @@ def _table_rows(result: EvaluationResult, label: str, service: str) -> tuple[lis
 
 
 def _service_table(result: EvaluationResult, label: str) -> tuple[list[str], list[list[str]]]:
-    services = sorted({r.service for r in result.rows if r.label == label and r.service != ALL})
+    services = sorted({r.service for r in result.rows if r.label == label and r.service not in POOLED_GROUPS})
     header = ["model"] + [s + (" *" if s in result.targeted_services else "") for s in services]
     body = []
     for model in result.config.all_models:
@@ -318,6 +327,17 @@ def _blocks(result: EvaluationResult, figures: dict[tuple[str, str], Path]) -> l
         b.append(("h2", f"Label: {LABEL_TITLES.get(label, label)}"))
         b.append(("h3", "All services"))
         b.append(("table", _table_rows(result, label, ALL)))
+        if any(r.label == label and r.service == TARGETED for r in result.rows):
+            b.append(("h3", "Services an error case targets (" + ", ".join(result.targeted_services) + ")"))
+            b.append(
+                (
+                    "p",
+                    "Pooled over the targeted services only: a service no error case targets is negative "
+                    "under the service label by definition, so pooling it in rewards telling services "
+                    "apart (which sequence length does), not finding errors.",
+                )
+            )
+            b.append(("table", _table_rows(result, label, TARGETED)))
         b.append(("h3", "ROC-AUC per service (* = targeted by a test error case)"))
         b.append(("table", _service_table(result, label)))
         for kind, title in (

@@ -26,6 +26,7 @@ from batch.registry import ModelSpec, get_spec
 from batch.splits import RunSplit, split_runs
 from shared import detection_metrics as dm
 from shared.bundle import ALL, ModelBundle, bundle_inputs, score
+from shared.catalog import target_service
 from shared.errors import ConfigError
 from shared.features import CANARY_COLUMNS as SHARED_CANARY_COLUMNS
 
@@ -307,19 +308,35 @@ def _metric_dict(values: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (None if math.isnan(float(v)) else float(v)) for k, v in values.items()}
 
 
+def targeted_services(meta: pl.DataFrame) -> list[str]:
+    """Services of ``meta`` that one of its error test cases targets (``shared.catalog``), sorted."""
+    cases = meta["test_case"].unique().to_list()
+    return sorted({t for t in (target_service(c) for c in cases) if t} & set(meta["service"].unique().to_list()))
+
+
 def test_metrics(
     data: Featurized, scores: np.ndarray, threshold: np.ndarray, config: TrainConfig
 ) -> dict[str, Any]:
-    """Ranking and threshold metrics on the test runs, for the paper and the service-aware label."""
+    """Ranking and threshold metrics on the test runs, for the paper and the service-aware label.
+
+    ``service_targeted`` repeats the service label on the services a test error case targets: a
+    service no error targets is negative by definition under that label, and pooling it in
+    rewards telling services apart (``batch.evaluate.TARGETED``).
+    """
     test = data.rows("test")
     out: dict[str, Any] = {"n_test_sequences": int(test.size)}
-    for name, column in LABELS.items():
+    test_meta = data.meta[test]
+    targeted = np.isin(test_meta["service"].to_numpy(), targeted_services(test_meta))
+    groups = [(name, column, np.ones(test.size, dtype=bool)) for name, column in LABELS.items()]
+    if targeted.any():
+        groups.append(("service_targeted", LABELS["service"], targeted))
+    for name, column, keep in groups:
         if column not in data.meta.columns:
             continue
-        y = data.labels(column)[test]
-        s = scores[test]
+        y = data.labels(column)[test][keep]
+        s = scores[test][keep]
         values: dict[str, float] = dict(dm.ranking_metrics(y, s, ks=config.precision_at, alphas=config.fp_alphas))
-        tm = dm.threshold_metrics(y, s - threshold[test], 0.0)
+        tm = dm.threshold_metrics(y, s - threshold[test][keep], 0.0)
         values.update(
             f1=tm.f1, precision=tm.precision, recall=tm.recall, alert_rate=tm.alert_rate,
             false_positive_rate=tm.false_positive_rate,

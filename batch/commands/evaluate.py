@@ -213,12 +213,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (Lo2Error, argparse.ArgumentTypeError) as exc:
         console.print(f"[red]evaluate failed:[/] {exc}")
         return 2
-    for label in config.labels:
-        table = Table(title=f"{label}: all services (test runs, mean ± std over {len(config.seeds)} seeds)")
+    for label, group in ((lb, g) for lb in config.labels for g in ev.POOLED_GROUPS):
+        if not any(r.label == label and r.service == group for r in result.rows):
+            continue
+        what = "all services" if group == ev.ALL else "targeted services (" + ", ".join(result.targeted_services) + ")"
+        table = Table(title=f"{label}: {what} (test runs, mean ± std over {len(config.seeds)} seeds)")
         for col in ("model", "ROC-AUC", "canary ROC-AUC", "PR-AUC", "F1", "alert rate"):
             table.add_column(col)
         for r in result.rows:
-            if r.label == label and r.service == ev.ALL:
+            if r.label == label and r.service == group:
                 table.add_row(
                     r.model,
                     r.metrics["roc_auc"].text(),

@@ -40,7 +40,7 @@ IF_ITEMS = {
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input")
     src.add_argument("--input", type=Path, default=None,
-                     help="events.parquet from `lo2 load` (default: <settings parquet_dir>/events.parquet)")
+                     help="events.parquet from `lo2 load`, or its folder (default: <settings parquet_dir>/events.parquet)")
     src.add_argument("--root", type=Path, default=None,
                      help="raw LO2 run folders to load first (instead of --input); parsed with `lo2 load` "
                      "defaults into <settings cache_dir>/train-events/")
@@ -124,11 +124,10 @@ def _read_events(args: argparse.Namespace, settings: Settings) -> pl.LazyFrame:
                                    trim_init_lines=settings.trim_init_lines, trim_mode=settings.trim_mode)
         load_runs(args.root, selection, _ensure(out), write_sequences=False)
         return pl.scan_parquet(out / EVENTS_FILE)
-    path = args.input or settings.parquet_dir / "events.parquet"
-    if not Path(path).is_file():
-        msg = f"events file {path} not found; run `lo2 load` first or pass --input/--root"
-        raise ConfigError(msg)
-    return pl.scan_parquet(path)
+    from batch.evaluate import read_events
+
+    # a file, or a folder holding events.parquet (as `lo2 evaluate --input`)
+    return read_events(args.input or settings.parquet_dir)
 
 
 def _ensure(path: Path) -> Path:
@@ -192,11 +191,11 @@ def _metrics_table(title: str, rows: dict[str, dict[str, Any]], args: argparse.N
     for c in cols:
         table.add_column(c, justify="right")
     for key, metrics in rows.items():
-        for label in ("service", "paper"):
+        for label in ("service", "service_targeted", "paper"):
             values = metrics.get(label)
             if not values:
                 continue
-            table.add_row(key, label, *(("n/a" if values.get(c) is None else f"{values[c]:.3f}") for c in cols))
+            table.add_row(key, "targeted" if label == "service_targeted" else label, *(("n/a" if values.get(c) is None else f"{values[c]:.3f}") for c in cols))
     Console().print(table)
 
 

@@ -13,6 +13,7 @@ import pytest
 from batch.evaluate import (
     ALL,
     CANARY,
+    TARGETED,
     EvaluationConfig,
     EvaluationResult,
     MetricSummary,
@@ -88,10 +89,34 @@ def test_both_labels_per_service_and_pooled(result: EvaluationResult, events: pl
     services = set(events["service"].unique().to_list())
     for label in ("anomaly", "anomaly_service"):
         got = {r.service for r in result.rows if r.model == "if" and r.label == label}
-        assert ALL in got and got - {ALL} <= services and len(got) > 2
+        assert {ALL, TARGETED} <= got and got - {ALL, TARGETED} <= services and len(got) > 3
     # paper label: every sequence of an error case is positive; service label: a subset of them
     assert result.row("if", "anomaly").n_anomalous > result.row("if", "anomaly_service").n_anomalous > 0
     assert set(result.targeted_services) <= services and result.targeted_services
+
+
+def test_targeted_group_pools_only_the_services_errors_target(result: EvaluationResult, events: pl.DataFrame) -> None:
+    from shared.catalog import target_service
+    from shared.detection_metrics import roc_auc
+
+    test_runs = list(result.splits[0].test_runs)
+    test_cases = events.filter(pl.col("run").is_in(test_runs))["test_case"].unique().to_list()
+    expected = sorted({target_service(c) for c in test_cases} - {None})
+    assert list(result.targeted_services) == expected
+    untargeted = set(events["service"].unique().to_list()) - set(expected)
+    assert untargeted, "the fixture should have a service no test error case targets"
+    for model in ("if", CANARY):
+        s = next(x for x in result.scores if (x.model, x.label) == (model, "anomaly_service"))
+        keep = np.isin(s.service, expected)
+        row = result.row(model, "anomaly_service", TARGETED)
+        assert row.n_test == int(keep.sum()) < s.scores.size
+        assert row.n_anomalous == int(s.y.sum())  # an untargeted service is never positive
+        assert row.metrics["roc_auc"].values[0] == pytest.approx(float(roc_auc(s.y[keep], s.scores[keep])))
+        summary = result.summary()["anomaly_service"][model]
+        assert summary["roc_auc_targeted"] == row.metrics["roc_auc"].mean
+        assert summary["roc_auc_all"] == result.row(model, "anomaly_service").metrics["roc_auc"].mean
+        per_service = [result.row(model, "anomaly_service", t).metrics["roc_auc"].mean for t in expected]
+        assert summary["max_roc_auc_targeted_services"] == max(v for v in per_service if not math.isnan(v))
 
 
 def test_metrics_are_summarised_over_seeds(result: EvaluationResult) -> None:

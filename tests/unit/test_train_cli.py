@@ -120,6 +120,9 @@ def test_if_separates_service_label_on_held_out_runs(events_file: Path) -> None:
     canary_auc = result.bundles["canary"].metrics["service"]["roc_auc"]
     assert if_auc >= 0.95, result.bundles["if"].metrics
     assert canary_auc <= 0.75, result.bundles["canary"].metrics
+    # the same on the services an error targets only (the never-targeted key service left out)
+    assert result.bundles["if"].metrics["service_targeted"]["roc_auc"] >= 0.95
+    assert result.bundles["canary"].metrics["service_targeted"]["roc_auc"] <= 0.75
     assert result.bundles["sequence_lr_numeric"].metrics["service"]["roc_auc"] >= 0.99
     # Training used only correct sequences of training runs.
     assert result.bundles["if"].training["n_train_normal_sequences"] == len(split.train_runs) * len(SERVICES)
