@@ -39,8 +39,10 @@ BASELINE: dict[str, Any] = {
 }
 
 
-def make_app(app_id: str, bootstrap: str, src: str, settings: dict[str, Any]) -> faust.App:
-    app = faust.App(app_id, broker=f"kafka://{bootstrap}", **{**settings, "topic_partitions": 2})
+def make_app(app_id: str, bootstrap: str, src: str, settings: dict[str, Any], datadir: Path) -> faust.App:
+    # an explicit datadir: Faust's default is "<app id>-data" in the working directory (the checkout)
+    app = faust.App(app_id, broker=f"kafka://{bootstrap}", datadir=str(datadir),
+                    **{**settings, "topic_partitions": 2})
     topic = app.topic(src, key_serializer="raw", value_serializer="raw")
     counts = app.Table("counts", default=int, partitions=2)
 
@@ -69,21 +71,22 @@ async def one_round(bootstrap: str, settings: dict[str, Any]) -> dict[str, float
     sfx = uuid.uuid4().hex[:8]
     src = f"bench-in-{sfx}"
     await ensure_topics(bootstrap, [src], partitions=2)
-    a = make_app(f"bench-{sfx}", bootstrap, src, settings)
-    b = make_app(f"bench-{sfx}", bootstrap, src, settings)
-    t0 = time.monotonic()
-    await a.start()
-    await settle(lambda: inputs_of(a, src) == 2)
-    alone = time.monotonic() - t0
-    t1 = time.monotonic()
-    await b.start()
-    await settle(lambda: inputs_of(a, src) == 1 and inputs_of(b, src) == 1)
-    join = time.monotonic() - t1
-    t2 = time.monotonic()
-    await a.stop()
-    await settle(lambda: inputs_of(b, src) == 2)
-    leave = time.monotonic() - t2
-    await b.stop()
+    with tempfile.TemporaryDirectory(prefix="lo2-bench-faust-apps-") as apps:
+        a = make_app(f"bench-{sfx}", bootstrap, src, settings, Path(apps) / "a")
+        b = make_app(f"bench-{sfx}", bootstrap, src, settings, Path(apps) / "b")
+        t0 = time.monotonic()
+        await a.start()
+        await settle(lambda: inputs_of(a, src) == 2)
+        alone = time.monotonic() - t0
+        t1 = time.monotonic()
+        await b.start()
+        await settle(lambda: inputs_of(a, src) == 1 and inputs_of(b, src) == 1)
+        join = time.monotonic() - t1
+        t2 = time.monotonic()
+        await a.stop()
+        await settle(lambda: inputs_of(b, src) == 2)
+        leave = time.monotonic() - t2
+        await b.stop()
     return {"first member": alone, "second joins": join, "first leaves": leave}
 
 

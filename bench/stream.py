@@ -130,11 +130,17 @@ def aiokafka_rate(bootstrap: str, topic: str, expect: int) -> float:
     return asyncio.run(main())
 
 
-def bare_agent_main(bootstrap: str, topic: str, expect: int) -> None:
-    """Baseline 1 (run in a subprocess): a Faust agent that only iterates the topic."""
+def bare_agent_main(bootstrap: str, topic: str, expect: int, datadir: str) -> None:
+    """Baseline 1 (run in a subprocess): a Faust agent that only iterates the topic.
+
+    ``datadir`` lies in the parent's temporary folder: Faust's default (``<app id>-data`` in the
+    working directory) would leave one folder per run in the checkout, and ``os._exit`` below
+    skips any clean-up of our own.
+    """
     import faust
 
     app = faust.App(f"bench-bare-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
+                    datadir=datadir,
                     web_enabled=False, topic_replication_factor=1, topic_partitions=PARTITIONS,
                     consumer_auto_offset_reset="earliest", key_serializer="raw", value_serializer="raw",
                     broker_heartbeat_interval=0.3, broker_session_timeout=6.0)
@@ -295,10 +301,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3,
                     help="one-line-per-record runs, each between two bare-agent runs (the ratio is the median of the runs' ratios)")
     ap.add_argument("--bootstrap", default=None, help="use this broker (default: KAFKA_BOOTSTRAP_SERVERS or a local one)")
-    ap.add_argument("--bare-agent", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--bare-agent", nargs=4, metavar=("BOOTSTRAP", "TOPIC", "N", "DATADIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_agent:
-        bare_agent_main(args.bare_agent[0], args.bare_agent[1], int(args.bare_agent[2]))
+        bare_agent_main(args.bare_agent[0], args.bare_agent[1], int(args.bare_agent[2]), args.bare_agent[3])
         return 0
 
     from tests.worker_data import TRIM, build_bundle, load_events, write_runs
@@ -344,7 +350,8 @@ def main() -> int:
         # baseline 1: bare Faust agent (own process, like the worker); measured right before and
         # right after the worker's one-line-per-record run, because the machine is shared
         def bare_rate() -> float:
-            done = subprocess.run([sys.executable, __file__, "--bare-agent", bootstrap, ws.topics["logs"], str(len(single))],
+            datadir = str(Path(tmp) / f"bare-{uuid.uuid4().hex[:6]}")
+            done = subprocess.run([sys.executable, __file__, "--bare-agent", bootstrap, ws.topics["logs"], str(len(single)), datadir],
                                   cwd=REPO, capture_output=True, timeout=600)
             last = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
             if not last:

@@ -1,3 +1,3 @@
 """Shared pytest fixtures live in tests/plugins/, one module per concern."""
 
-pytest_plugins = ["tests.plugins.kafka", "tests.plugins.data"]
+pytest_plugins = ["tests.plugins.kafka", "tests.plugins.data", "tests.plugins.checkout"]

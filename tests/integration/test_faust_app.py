@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,9 +26,10 @@ pytestmark = pytest.mark.integration
 
 
 def _build_app(
-    app_id: str, bootstrap: str, src: str, dst: str, settings: dict[str, Any]
+    app_id: str, bootstrap: str, src: str, dst: str, settings: dict[str, Any], datadir: Path
 ) -> faust.App:
-    app = faust.App(app_id, broker=f"kafka://{bootstrap}", **settings)
+    # an explicit datadir: Faust's default is "<app id>-data" in the working directory (the checkout)
+    app = faust.App(app_id, broker=f"kafka://{bootstrap}", datadir=str(datadir), **settings)
     source = app.topic(src, key_serializer="raw", value_serializer="raw")
     sink = app.topic(dst, key_serializer="raw", value_serializer="json")
     counts = app.Table("counts", default=int, partitions=2)
@@ -110,7 +112,7 @@ LATE_LINE = b"late line " * 4
 
 
 async def test_faust_agent_counts_in_a_table_and_survives_a_restart(
-    kafka_bootstrap: str, fast_faust_settings: dict[str, Any], unique_name: Callable[[str], str]
+    kafka_bootstrap: str, fast_faust_settings: dict[str, Any], unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     app_id, src, dst = (
         unique_name("lo2-faust-test"),
@@ -124,7 +126,7 @@ async def test_faust_agent_counts_in_a_table_and_survives_a_restart(
     out = AIOKafkaConsumer(dst, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
     await out.start()
     try:
-        app = _build_app(app_id, kafka_bootstrap, src, dst, fast_faust_settings)
+        app = _build_app(app_id, kafka_bootstrap, src, dst, fast_faust_settings, tmp_path)
         async with running_faust_app(app):
             placed = await _produce(kafka_bootstrap, src, lines)
             first = await _read(out, len(lines))
@@ -150,7 +152,7 @@ async def test_faust_agent_counts_in_a_table_and_survives_a_restart(
 
         # A new app instance with the same id recovers the table from the changelog and resumes
         # from the committed offsets: the late line continues the count instead of restarting it.
-        app2 = _build_app(app_id, kafka_bootstrap, src, dst, fast_faust_settings)
+        app2 = _build_app(app_id, kafka_bootstrap, src, dst, fast_faust_settings, tmp_path)
         async with running_faust_app(app2):
             await _produce(kafka_bootstrap, src, [(b"svc-0", LATE_LINE)])
             second = await _read_until(out, lambda got: any(r["chars"] == len(LATE_LINE) for r in got))
