@@ -358,7 +358,11 @@ def top_feature_references(data: Featurized, scores: np.ndarray, k: int, kind: s
     if not names or k <= 0:
         return {}
     X = input_matrix(data.inputs, kind)
-    dense = X.toarray() if hasattr(X, "toarray") else np.asarray(X, dtype=np.float64)
+    # Only named columns: token hashes (``tokens+<col>``) have no names and come first, so the
+    # named ones are the last len(names); "index" stays the column of the full input matrix.
+    offset = X.shape[1] - len(names)
+    named = X[:, offset:]
+    dense = named.toarray() if hasattr(named, "toarray") else np.asarray(named, dtype=np.float64)
     val = data.rows("validation")
     normal_train = data.rows("train")[~data.labels("anomaly")[data.rows("train")]]
     strength = np.zeros(dense.shape[1])
@@ -371,7 +375,7 @@ def top_feature_references(data: Featurized, scores: np.ndarray, k: int, kind: s
     out: dict[str, Any] = {}
     for j in chosen:
         ref = dm.psi_reference(dense[normal_train, j])
-        out[names[j]] = {"index": j, "spearman": float(strength[j]), **ref.as_dict()}
+        out[names[j]] = {"index": offset + j, "spearman": float(strength[j]), **ref.as_dict()}
     return out
 
 

@@ -37,6 +37,15 @@ IF_ITEMS = {
 }
 
 
+
+class _ServicesAction(argparse.Action):
+    """``--services token code`` (the reference's form) and ``--services token,code`` (as in
+    ``lo2 evaluate``) both give ``["token", "code"]``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [s.strip() for v in values for s in str(v).split(",") if s.strip()])
+
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input")
     src.add_argument("--input", type=Path, default=None,
@@ -44,8 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--root", type=Path, default=None,
                      help="raw LO2 run folders to load first (instead of --input); parsed with `lo2 load` "
                      "defaults into <settings cache_dir>/train-events/")
-    src.add_argument("--services", nargs="+", default=None, metavar="SERVICE",
-                     help="train on these services only (default: every service in the data)")
+    src.add_argument("--services", nargs="+", default=None, metavar="SERVICE", action=_ServicesAction,
+                     help="train on these services only, space- or comma-separated (default: every service in the data)")
     parser.add_argument("--phase", choices=["enhancers", "if", "full"], default="full",
                         help="enhancers = featurize only; if = stop after the IsolationForest; "
                         "full = IsolationForest plus --models (default)")

@@ -255,6 +255,23 @@ def test_train_applies_the_if_input_choice_of_the_config(events_file: Path) -> N
     assert bundle.input_kind == "numeric+n_events"
     assert bundle.feature_names[-1] == "canary:n_events" and len(bundle.feature_names) == bundle.feature_spec.n_features + 1
 
+
+def test_if_on_hashed_tokens_plus_a_raw_column_trains(events_file: Path) -> None:
+    # --if-item e_words --if-numeric n_events: 4096 unnamed hash columns then one named column;
+    # the PSI feature references used to index the names list by the full matrix's column.
+    from batch.train import TrainConfig, input_matrix, train
+
+    config = TrainConfig(models=("if",), seed=1, if_input="tokens", if_extra_columns=("n_events",),
+                         model_params={"if": {"n_estimators": 20}})
+    result = train(pl.read_parquet(events_file), config)
+    bundle = result.bundles["if"]
+    assert bundle.input_kind == "tokens+n_events"
+    n_columns = input_matrix(result.data.inputs, bundle.input_kind).shape[1]
+    refs = bundle.reference["features"]
+    assert set(refs) <= {"canary:n_events"}
+    for ref in refs.values():  # the worker's drift monitor reads this column of the input row
+        assert ref["index"] == n_columns - 1
+
 def test_model_without_its_extra_fails_before_any_work(
     events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -271,3 +288,12 @@ def test_model_without_its_extra_fails_before_any_work(
     assert _run(["--input", str(events_file), "--models", "event_xgb_words"], settings) == 2
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "event_xgb_words needs 'xgboost'" in out and "pip install 'lo2-stream[xgboost]'" in out
+
+
+@pytest.mark.parametrize("given", [["token", "client"], ["token,client"]])
+def test_services_flag_takes_spaces_or_commas(events_file: Path, settings: Settings, given: list[str]) -> None:
+    # the reference's form (space-separated) and lo2 evaluate's (comma-separated) mean the same
+    assert _run(["--input", str(events_file), "--phase", "enhancers", "--save-enhancers", "--services", *given],
+                settings) == 0
+    features = pl.read_parquet(settings.artifacts_dir / "train" / "features.parquet")
+    assert set(features["service"].unique().to_list()) == {"token", "client"}
