@@ -57,6 +57,11 @@ REASONS = (
 )
 
 _RUN_EPOCH_RE = re.compile(r"(?:LO2_run_|light-oauth2-data-)(\d{9,11})$")
+#: A JSON escape of a UTF-16 surrogate (``\ud800``-``\udfff``). Paired ones decode to one
+#: character; a lone one decodes to a str that cannot be written as UTF-8 again, which would make
+#: every record built from it (score, anomaly, DLQ) fail to serialise.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+
 _SERVICE_PREFIXES = ("light-oauth2-oauth2-", "light-oauth2-", "oauth2-")
 _SERVICE_SET = frozenset(SERVICES)
 
@@ -234,7 +239,49 @@ def _optional_text_ok(value: Any, cap: int) -> bool:
     return value is None or (type(value) is str and len(value) <= cap)
 
 
-def _decode_envelope(doc: dict[str, Any], limits: Limits) -> Decoded:
+def _has_lone_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _lone_surrogates(value: Any, where: str) -> str | None:
+    """Where in a decoded JSON value a string holds a lone surrogate (``None``: nowhere)."""
+    if isinstance(value, str):
+        return where if _has_lone_surrogate(value) else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        if isinstance(k, str) and _has_lone_surrogate(k):
+            return f"a key in {where}"
+        found = _lone_surrogates(v, f"{where}[{k!r}]")
+        if found:
+            return found
+    return None
+
+
+def _surrogate_error(where: str) -> PayloadError:
+    return PayloadError("invalid_utf8", f"{where} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid Unicode")
+
+
+def _decode_envelope(doc: dict[str, Any], limits: Limits, suspect: bool = False) -> Decoded:
+    """One envelope, batch or end marker.  ``suspect``: the JSON text holds a surrogate escape, so
+    every string is checked; a bad batch line becomes a line error, anything else fails the record."""
+    bad_lines: frozenset[int] = frozenset()
+    if suspect:
+        lines_value = doc.get("lines")
+        if isinstance(lines_value, list):
+            bad_lines = frozenset(i for i, v in enumerate(lines_value) if isinstance(v, str) and _has_lone_surrogate(v))
+        rest = {k: v for k, v in doc.items() if k != "lines"}
+        where = _lone_surrogates(rest, "record")
+        if where:
+            raise _surrogate_error(where)
     get, cap = doc.get, limits.max_field_chars
     service_raw, run, test_case = get("service"), get("run"), get("test_case")
     # One cheap test for the usual case; _text_field explains (and raises) when it fails.
@@ -266,8 +313,12 @@ def _decode_envelope(doc: dict[str, Any], limits: Limits) -> Decoded:
         raise PayloadError("too_large", f"batch has {len(lines)} lines; at most {limits.max_batch_lines} allowed")
     max_chars, items = limits.max_line_chars, out.items
     for i, value in enumerate(lines):
-        if type(value) is str and len(value) <= max_chars:
+        if type(value) is str and len(value) <= max_chars and not (bad_lines and i in bad_lines):
             items.append(InputLine(service, value, run, test_case, reference, i))
+            continue
+        if i in bad_lines:
+            exc = _surrogate_error(f"lines[{i}]")
+            out.errors.append(LineError(i, exc.reason, str(exc), value.encode("utf-8", "backslashreplace").decode()[:200]))
             continue
         try:  # not a string or too long: _line says which
             items.append(InputLine(service, _line(value, i, limits, f"lines[{i}]"), run, test_case, reference, i))
@@ -355,9 +406,14 @@ def decode_json(text: str, limits: Limits) -> Decoded:
         raise PayloadError("not_json", f"value is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise PayloadError("wrong_type", f"JSON value is {type(doc).__name__}; expected an object")
+    suspect = "\\u" in text and _SURROGATE_ESCAPE_RE.search(text) is not None
     if "resourceLogs" in doc:
+        if suspect:
+            where = _lone_surrogates(doc, "record")
+            if where:
+                raise _surrogate_error(where)
         return _decode_otlp(doc, limits)
-    return _decode_envelope(doc, limits)
+    return _decode_envelope(doc, limits, suspect)
 
 
 def decode_raw(key: bytes | None, text: str, limits: Limits, *, reference_ms: int | None) -> Decoded:

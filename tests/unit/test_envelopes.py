@@ -266,3 +266,51 @@ def test_fuzz_parse_line_item_returns_a_kind_or_unparsable(line: str) -> None:
         parse_line_item(InputLine("token", line, None, None, 1719592986000, 0), None)
     except PayloadError as exc:
         assert exc.reason == "unparsable_line"
+
+
+# --- lone UTF-16 surrogates: valid JSON escapes, but not Unicode text --------------------------
+
+
+def _batch(lines: list[str], **fields: str) -> bytes:
+    return json.dumps({"service": "token", "run": "LO2_run_1739997000", "test_case": "c", "lines": lines, **fields}).encode()
+
+
+def test_lone_surrogate_in_a_batch_line_is_a_line_error_and_the_rest_decodes() -> None:
+    # found live: the anomaly record built from such a line failed to serialise, the agent
+    # crashed and the anomaly was lost
+    out = decode_record(None, _batch([LINE, "\tat com.example.Foo(\ud800Foo.java:1)", "\tat ok"]))
+    assert [item.index for item in out.items] == [0, 2]
+    (err,) = out.errors
+    assert (err.index, err.reason) == (1, "invalid_utf8") and "surrogate" in err.message
+    err.raw.encode("utf-8")  # the DLQ preview itself must be writable
+
+
+@pytest.mark.parametrize("field", ["service", "run", "test_case", "host"])
+def test_lone_surrogate_in_a_field_rejects_the_record(field: str) -> None:
+    doc = {"service": "token", "run": "LO2_run_1739997000", "line": LINE, field: "x\udfff"}
+    with pytest.raises(PayloadError) as info:
+        decode_record(None, json.dumps(doc).encode())
+    assert info.value.reason == "invalid_utf8" and field in str(info.value)
+
+
+def test_lone_surrogate_in_an_otlp_export_rejects_the_record() -> None:
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "a \ud800"}}]}]}]}
+    with pytest.raises(PayloadError) as info:
+        decode_record(None, json.dumps(doc).encode())
+    assert info.value.reason == "invalid_utf8"
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_fine() -> None:
+    out = decode_record(None, _batch([LINE + " \U0001f600", LINE + " \\ud800 (a backslash, then text)"]))
+    assert len(out.items) == 2 and not out.errors
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=8), max_size=5))
+def test_fuzz_decoded_lines_and_errors_are_always_utf8(lines: list[str]) -> None:
+    out = decode_record(None, _batch(lines))
+    assert len(out.items) + len(out.errors) == len(lines)
+    for item in out.items:
+        item.line.encode("utf-8")
+    for err in out.errors:
+        err.raw.encode("utf-8")
