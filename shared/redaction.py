@@ -10,17 +10,67 @@ names stay, the values become ``***``) so an explanation still reads well.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 MASK = "***"
 
-_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Authorization header values: Basic / Bearer followed by a credential.
-    (re.compile(r"(?i)\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~\-\u00c0-\u024f]+"), rf"\1 {MASK}"),
+#: Parameter names whose value is a secret (request fields, JSON keys, validator paths).
+_SENSITIVE_NAMES = (
+    r"password|passwordConfirm|newPassword|newPasswordConfirm|oldPassword|client_secret|clientSecret|secret|"
+    r"refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|authorization|code"
+)
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+
+
+def _mask_validate(m: re.Match[str]) -> str:
+    """``validate( <node>, <root>, <path>)``: the node is the secret when the path names one; the
+    root repeats it when it is a plain string (an object root is left to the JSON rules)."""
+    root = m["root"]
+    if root.startswith('"'):
+        root = MASK
+    return f"{m['head']}{MASK}{m['sep']}{root}{m['tail']}"
+
+
+Repl = str | Callable[[re.Match[str]], str]
+
+_RULES: tuple[tuple[re.Pattern[str], Repl], ...] = (
+    # networknt json-schema validators print the value they check, then the path it came from:
+    #   validate( "0tPDZ_UJdFk8", {"password":...}, requestBody.password)
+    #   validate( "08c1cb0f-...", "08c1cb0f-...", refreshToken)
+    (
+        re.compile(
+            rf"(?P<head>\bvalidate\(\s*)(?:{_QUOTED}|[^\s,{{}}]+)(?P<sep>,\s*)(?P<root>{_QUOTED}|\{{.*\}}|\[.*\]|[^,]*?)"
+            rf"(?P<tail>,\s*(?:[\w$]+\.)*(?i:{_SENSITIVE_NAMES})\s*\))"
+        ),
+        _mask_validate,
+    ),
+    # light-4j messages that print the rejected credential: "Invalid Basic credentials <x>.",
+    # "Invalid authorization header <x>." (a "Basic ..." value is left to the next rule).
+    (
+        re.compile(r"(?i)\b(basic credentials\s+|authorization header\s+)(?!(?:basic|bearer|is|must|was)\b)"
+                   r"[^\s\"]+?(\.?)(?=[\s\"]|$)"),
+        rf"\1{MASK}\2",
+    ),
+    # Authorization header values: Basic / Bearer followed by a credential (not the prose words
+    # of light-4j's own messages: "Basic authentication ...", "Basic credentials ...").
+    (
+        re.compile(r"(?i)\b(Basic|Bearer)\s+(?!(?:authentication|credentials|auth|realm)\b)"
+                   r"[A-Za-z0-9+/=._~\-\u00c0-\u024f]+"),
+        rf"\1 {MASK}",
+    ),
+    # The refresh-token service's REST paths carry the token: /oauth2/refresh_token/<token>
+    (re.compile(r"(/oauth2/refresh_token/)[^\s,/?&\"]+"), rf"\1{MASK}"),
+    # ERR12029 "Refresh token %s is not found."
+    (
+        re.compile(r"(?i)\b(refresh[ _]token)(\s+)(?!(?:is|was|not|for|of|and|or|in|with|to|grant|request|"
+                   r"service|store|map|has|does|cannot|can)\b)[A-Za-z0-9_\-.~+/=]{4,}?(?=\.?(?:[\s\"]|$))"),
+        rf"\1\2{MASK}",
+    ),
     # JSON escaped inside a string (a logged request body):  {\"password\":\"x\"}
     (
         re.compile(
             r"""(?ix)
-            (\\["'](?:password|passwordConfirm|newPassword|oldPassword|client_secret|clientSecret|secret|
+            (\\["'](?:password|passwordConfirm|newPassword|newPasswordConfirm|oldPassword|client_secret|clientSecret|secret|
             refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
             authorization|code)\\["']\s*[:=]\s*)
             (?:\\"(?:[^"\\]|\\[^"])*\\"|[^\s,&}"'\\]+)
@@ -29,12 +79,15 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\1{MASK}",
     ),
     # JSON-ish key/value pairs whose key names a secret:  "password":"x"  or  'secret': 'x'
+    # (a whole key only: "statusCode" is not "code"; and a light-4j status code such as
+    # "code":"ERR12029" is evidence, not a secret)
     (
         re.compile(
             r"""(?ix)
-            (["']?(?:password|passwordConfirm|newPassword|oldPassword|client_secret|clientSecret|secret|
-            refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
+            ((?<![\w$])["']?(?:password|passwordConfirm|newPassword|newPasswordConfirm|oldPassword|client_secret|
+            clientSecret|secret|refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
             authorization|code)["']?\s*[:=]\s*)
+            (?!"ERR\d{5}")
             (?:"[^"]*"|'[^']*'|[^\s,&}"']+)
             """
         ),

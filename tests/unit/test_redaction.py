@@ -46,6 +46,20 @@ PLANTED: dict[str, tuple[str, str, str]] = {
                         "PLANTMARKstatus Password PlantedStatusPw31 and PasswordConfirm PlantedStatusPw31 are not matched."),
     "status_code": ("PLANTMARKinvalid", "PlantedInvalidCode61",
                     "PLANTMARKinvalid Invalid Authorization Code PlantedInvalidCode61."),
+    # forms found by exploratory testing (they leaked into explain's FP/FN lists and live evidence)
+    "validate_password": ("PLANTMARKvalpw", "PlantedValidatePw42",
+                          'PLANTMARKvalpw validate( "PlantedValidatePw42", {"password":"PlantedValidatePw42",'
+                          '"newPassword":"x"}, requestBody.password)'),
+    "validate_refresh": ("PLANTMARKvalrt", "7a1c0de5-0000-4c08-9e15-planted00002",
+                         'PLANTMARKvalrt validate( "7a1c0de5-0000-4c08-9e15-planted00002", '
+                         '"7a1c0de5-0000-4c08-9e15-planted00002", refreshToken)'),
+    "refresh_path": ("PLANTMARKpath", "9b2d1ef6-0000-4c08-9e15-planted00003",
+                     "PLANTMARKpath path = /oauth2/refresh_token/9b2d1ef6-0000-4c08-9e15-planted00003, base path is set to: null"),
+    "refresh_not_found": ("PLANTMARKrtnf", "0c3e2f07-0000-4c08-9e15-planted00004",
+                          'PLANTMARKrtnf {"statusCode":404,"code":"ERR12029","message":"REFRESH_TOKEN_NOT_FOUND",'
+                          '"description":"Refresh token 0c3e2f07-0000-4c08-9e15-planted00004 is not found.","severity":"ERROR"}'),
+    "basic_credentials": ("PLANTMARKbadbasic", "UGxhbnRlZEJhZEJhc2ljNw==",
+                          'PLANTMARKbadbasic {"description":"Invalid Basic credentials UGxhbnRlZEJhZEJhc2ljNw==."}'),
 }
 SECRETS = {kind: secret for kind, (_, secret, _) in PLANTED.items()}
 TIME_RE = re.compile(r"^(\d{2}:\d{2}:\d{2}\.\d{3}) ")
@@ -64,6 +78,46 @@ def test_each_planted_secret_is_masked_and_the_marker_kept(kind: str) -> None:
     assert secret not in out
     assert marker in out and "***" in out
     assert redact(out) == out  # idempotent: redacting twice changes nothing
+
+
+#: (secret kind, where the generator prints it in plain view).  Every value found this way must
+#: be gone from every line after redaction, whatever other context the line prints it in.
+SECRET_SOURCES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("refresh token", re.compile(r"refreshToken = ([0-9a-f-]{36})")),
+    ("refresh token", re.compile(r"RefreshTokenMapStore \w+ - \w+:([0-9a-f-]{36})")),
+    ("password", re.compile(r'"(?:password|newPassword|passwordConfirm|newPasswordConfirm)":"([^"]{6,})"')),
+    ("authorization code", re.compile(r"\bcode = ([A-Za-z0-9_-]{10,})")),
+    ("basic credential", re.compile(r"Basic (?!authentication\b|credentials\b)([A-Za-z0-9+/]{12,}=*)")),
+    ("code verifier", re.compile(r'codeVerifier = ([^"\s]{20,})')),
+)
+
+
+TOKEN_RE = re.compile(r"[A-Za-z0-9_~.+/=-]+")
+
+
+def test_no_secret_of_generated_logs_survives_in_any_line(tmp_path: Path) -> None:
+    """Every error case once: find each secret where the logs show it plainly, then check that no
+    redacted line (in any context: validators, REST paths, status messages) still holds it."""
+    from batch.generate import GenerateConfig, generate
+    from shared.catalog import ERROR_CASE_NAMES
+
+    generate(GenerateConfig(out=tmp_path, runs=1, errors_per_run=len(ERROR_CASE_NAMES), seed=3, layout="v2"))
+    lines = [ln for f in sorted(tmp_path.rglob("*.log")) for ln in f.read_text(encoding="utf-8").splitlines()]
+    secrets: dict[str, str] = {}
+    for line in lines:
+        for kind, pattern in SECRET_SOURCES:
+            for value in pattern.findall(line):
+                secrets[value] = kind
+    found_kinds = set(secrets.values())
+    assert found_kinds == {kind for kind, _ in SECRET_SOURCES}, f"the generator printed no {set(k for k, _ in SECRET_SOURCES) - found_kinds}"
+    leaks = []
+    for out in map(redact, lines):
+        # every secret is one token of these characters, possibly inside a path or before a "."
+        for token in TOKEN_RE.findall(out):
+            hits = {token, token.rstrip("."), *token.split("/")} & secrets.keys()
+            if hits:
+                leaks.append((secrets[hits.pop()], out))
+    assert not leaks, f"{len(leaks)} lines still hold a secret, e.g. {leaks[:3]}"
 
 
 def test_redaction_keeps_ordinary_text(real_token_sample: Path) -> None:
