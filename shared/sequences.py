@@ -460,6 +460,29 @@ class SequenceBuilder:
             return self._close_idle_files(run_wm, run=event.run, source=source)
         return []
 
+    def idle_scan_due(self, run: str, timestamp_ms: int, source: object = None) -> bool:
+        """Whether :meth:`add` of an event of ``run`` at ``timestamp_ms`` from ``source`` will close
+        idle file sequences (its run's event time crosses an ``idle_gap/4`` step).  A caller that
+        holds events back (the worker keeps each stream's newest event for its stack lines) folds
+        the held events of sequences about to close first, so they are not cut off from them."""
+        if self.policy.kind != "file":
+            return False
+        src = (source, run)
+        last_tick = self._idle_tick.get(src)
+        if last_tick is None:
+            return False
+        run_wm = self._run_watermark.get(src, timestamp_ms)
+        return max(run_wm, timestamp_ms) // self._idle_step > last_tick
+
+    def would_close_idle(self, seq_id: str, run: str, timestamp_ms: int, source: object = None) -> bool:
+        """Whether the open file sequence ``seq_id`` is idle once ``run``'s event time from ``source``
+        reaches ``timestamp_ms`` (the rule of ``_close_idle_files``)."""
+        acc = self.store.get(seq_id)
+        if acc is None or acc.last_ms is None:
+            return False
+        now = max(self._run_watermark.get((source, run), timestamp_ms), timestamp_ms)
+        return now - acc.last_ms >= self.policy.idle_gap_ms
+
     def _close_windows(self, stream: tuple[str, str], up_to_ms: int, reason: CloseReason) -> list[ClosedSequence]:
         """Close the windows of ``stream`` whose end is <= ``up_to_ms`` (oldest first)."""
         windows = self._windows.get(stream)

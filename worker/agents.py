@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 from shared.errors import PayloadError
-from shared.parsing import ParsedFields
+from shared.parsing import ParsedFields, file_seq_id
 from shared.records import AnomalyRecord, ModelRef, ScoreRecord, SequenceKey, sequence_record_id
 from shared.sequences import (
     ClosedSequence,
@@ -461,6 +461,8 @@ class StreamEngine:
         self.pending_dirty.discard(s)
         self.pending_deleted[s] = p.partition
         event = p.build()
+        if self.builder.idle_scan_due(event.run, event.timestamp_ms, p.partition):
+            self._fold_pending_of_idle(event, p.partition)
         saved = self.store.current_partition
         self.store.current_partition = p.partition
         if p.record_ms is not None:
@@ -469,6 +471,20 @@ class StreamEngine:
         if closed:
             self.closed.extend(closed)
         self.store.current_partition = saved
+
+    def _fold_pending_of_idle(self, event: Event, partition: int) -> None:
+        """Fold the held-back events of the sequences this event's time is about to close as idle.
+
+        Without this, a sequence closed by idleness lost its newest event (still held back for its
+        stack lines), and that event later opened a second sequence under the same id.  Rare path:
+        it runs only when the run's event time crosses an idle-scan step.
+        """
+        for s2, p2 in list(self.pending.items()):
+            if s2[0] != event.run or p2.partition != partition or s2 not in self.pending:
+                continue
+            seq_id = file_seq_id(*s2)
+            if self.builder.would_close_idle(seq_id, event.run, event.timestamp_ms, partition):
+                self._fold_pending(s2)
 
     def _end(self, end: EndOfSequence) -> None:
         s = self._stream(end.run, end.test_case, end.service)

@@ -291,3 +291,30 @@ def test_tail_deduplicates_and_renders_redacted_text() -> None:
     )
     text = render(rec)
     assert "16:30:27.105" in text and "r/c" in text and "Basic ***" in text and "dGVzdDpzZWNyZXQ" not in text
+
+
+def test_a_sequence_closed_as_idle_keeps_its_held_back_last_event(world: dict[str, object]) -> None:
+    """Found live: token/A (no end marker) then user/B of the same run minutes later.  A was
+    closed as idle without its newest event (held back for stack lines), which then opened a
+    second sequence with one event under the same id."""
+    run = "LO2_run_1739998000"
+
+    def line(second: int, text: str) -> str:
+        return f"10:{second // 60:02d}:{second % 60:02d}.000 [XNIO-1 task-1]  Ab3dE-1 DEBUG c.n.o.t.h.X handleRequest - {text}"
+
+    def rec(offset: int, service: str, test_case: str, lines: list[str]) -> RecordIn:
+        value = json.dumps({"service": service, "run": run, "test_case": test_case, "lines": lines}).encode()
+        return RecordIn(None, value, "lo2.logs", 0, offset, 1)
+
+    engine = _engine(world["bundle"])  # type: ignore[arg-type]
+    engine.handle(rec(0, "token", "A", [line(s, f"a{s}") for s in range(20)]))
+    assert engine.model.policy.idle_gap_seconds == 600.0  # the bundle's policy (tests/worker_data.py)
+    engine.handle(rec(1, "user", "B", [line(s, f"b{s}") for s in range(30, 601, 30)]))
+    engine.handle(rec(2, "user", "B", [line(s, f"b{s}") for s in range(601, 900, 10)]))
+    outputs, _ = engine.finish_batch()
+    engine.flush_all()
+    more, _ = engine.finish_batch()
+    scored = [ScoreRecord.model_validate_json(o.value) for o in [*outputs, *more] if o.kind == "score"]
+    token = [r for r in scored if r.service == "token"]
+    assert [(r.event_count, r.closed_by) for r in token] == [(20, "idle")]
+    assert len({r.id for r in scored}) == len(scored)
