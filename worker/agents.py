@@ -323,13 +323,14 @@ class StreamEngine:
         self.offsets_dirty.add(tp)
         self.last_arrival = time.monotonic()
         self.store.current_partition = rec.partition
+        # every record read counts, rejected ones too (the invalid-share alert divides by this)
+        mode = self.cfg.input_mode
+        self._n_records[mode == "json" or (mode == "auto" and (rec.value or b"").lstrip()[:1] == b"{")] += 1
         try:
             decoded = decode_record(rec.key, rec.value, mode=self.cfg.input_mode, limits=self.cfg.limits, record_time_ms=rec.timestamp_ms)
         except PayloadError as exc:
             self._dlq(rec, exc.reason, str(exc), rec.value)
             return
-        mode = self.cfg.input_mode
-        self._n_records[mode == "json" or (mode == "auto" and (rec.value or b"").lstrip()[:1] == b"{")] += 1
         for err in decoded.errors:
             self._dlq(rec, err.reason, err.message, err.raw.encode("utf-8", errors="replace"), err.index)
         self.lines_seen += len(decoded.items)

@@ -166,7 +166,7 @@ class WorkerRuntime:
         now_ms = time.time() * 1000
         for out in outputs:
             self.inflight.append(await producer.send(topics[out.kind], out.key, out.value, None, None, None))
-            if out.kind != "dlq" and out.source_ms is not None:
+            if out.kind == "score" and out.source_ms is not None:  # one per sequence (its anomaly record follows it)
                 self.metrics.end_to_end_seconds.observe(max(0.0, (now_ms - out.source_ms) / 1000))
 
     async def checkpoint(self) -> None:

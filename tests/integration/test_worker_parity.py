@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,11 @@ def test_replayed_sequences_score_like_batch(
         assert anomalies and {a.id for a in anomalies} == flagged
         assert all(a.explanation.evidence and a.explanation.top_features for a in anomalies)
         text = json.dumps([a.model_dump(mode="json") for a in anomalies])
-        assert "Basic " not in text or "Basic ***" in text
+        # no Basic credential left (light-4j's prose "Basic authentication ..." may stay)
+        assert not re.search(r"Basic (?!\*\*\*|authentication\b|credentials\b)[A-Za-z0-9+/=]{8,}", text)
         assert worker.metric("lo2_worker_invalid_records_total") == 0
         assert worker.metric("lo2_worker_events_total") == 2 * sum(w.counts.values())
-        assert worker.metric("lo2_worker_end_to_end_latency_seconds_count") >= 2 * len(w.batch)
+        # one latency observation per scored sequence (anomaly records are not counted again)
+        assert worker.metric("lo2_worker_end_to_end_latency_seconds_count") == 2 * len(w.batch)
     finally:
         worker.stop()

@@ -92,6 +92,9 @@ def test_bad_records_go_to_the_dlq_and_good_ones_are_still_scored(world: dict[st
     assert len(scored) == len(world["batch"])  # type: ignore[arg-type]
     invalid = engine.metrics.registry.get_sample_value
     assert invalid("lo2_worker_invalid_records_total", {"reason": "not_json"}) == 1
+    # every record read counts in records_total, rejected ones too (offsets run 0..N-1 in _run)
+    read = sum(invalid("lo2_worker_records_total", {"form": f}) or 0 for f in ("json", "raw"))
+    assert read == engine.offsets[("lo2.logs", 0)] + 1
 
 
 def test_restored_state_resumes_open_sequences(world: dict[str, object]) -> None:
