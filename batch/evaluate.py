@@ -6,7 +6,9 @@ Why it is built this way (the LogLead numbers it replaces were inflated, referen
   run is seen by anything that is fitted: not the feature spec (vocabulary, templates, scalers),
   not the models, not the thresholds.  The feature spec is fitted on the training runs' events only.
 * **Thresholds are quantiles of validation ``correct`` scores**, so the alert rate on normal data is
-  chosen, not discovered on the test set.
+  chosen, not discovered on the test set.  They are calibrated by ``lo2 train``'s own function
+  (:func:`batch.train.calibrate_threshold`, safe for tied scores), so an evaluated threshold is the
+  one a trained bundle gets.
 * **The leakage canary runs next to every model**: a model on sequence length and duration alone.
   A detector that does not clearly beat it has learnt the LO2 length/duration confound, not errors.
 * **Two labels**: the paper's ``anomaly`` (every sequence of an error test case, even of services
@@ -42,6 +44,7 @@ from batch.splits import RunSplit, SplitName, SplitOrder, split_runs
 from batch.train import (
     Events,
     Featurized,
+    calibrate_threshold,
     featurize,
     filter_services,
     input_matrix,
@@ -339,11 +342,15 @@ def _fit_group(
     detector.fit(X[rows["train"]], y_all[rows["train"]].astype(int))
     val_scores = np.asarray(detector.score(X[rows["validation"]]), dtype=np.float64)
     val_correct = ~data.labels("anomaly")[rows["validation"]]
-    threshold = dm.threshold_from_quantile(val_scores[val_correct], config.threshold_quantile)
-    if not threshold.defined:
-        raise ValueError(f"cannot calibrate a threshold: {threshold.reason} (validation runs)")
+    # The calibration of `lo2 train` (one implementation), tie-safe: with plain quantiles a
+    # detector whose validation normals mostly score one value (Rarity, OOV, trigram trees: 0)
+    # got that value as threshold, and `>=` then alerted on every test sequence.
+    try:
+        threshold = calibrate_threshold(val_scores[val_correct], config.threshold_quantile)
+    except ConfigError as exc:
+        raise ValueError(f"{exc} (validation runs)") from exc
     test_scores = np.asarray(detector.score(X[rows["test"]]), dtype=np.float64)
-    return test_scores, float(threshold)
+    return test_scores, threshold
 
 
 def _fit_and_score(

@@ -22,7 +22,9 @@ For each model (one bundle per registry key) this writes, into one folder:
 * ``<model>_per_error_case.csv``: which error cases the model catches at its calibrated threshold,
   next to the length/duration canary.
 * ``<model>_metrics.json``: held-out metrics at the threshold, next to the canary's.
-* ``explain_manifest.json``: what was explained, with which bundle, split, sample sizes and files.
+* ``explain_manifest.json``: what was explained, with which bundle, split, sample sizes and files,
+  and ``services_left_out``: services no detector of a per-service bundle covers (their sequences
+  are left out for every model, so all artefacts describe the same sequences).
 
 Every text written here passes through :func:`shared.redaction.redact`.
 """
@@ -105,9 +107,32 @@ class ExplainData:
     meta: pl.DataFrame
     events: pl.DataFrame | None
     split_fingerprint: str
+    #: Services whose sequences are left out of every split (see :func:`services_without_detector`).
+    left_out: tuple[str, ...] = ()
 
     def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero((self.meta["split"] == split).fill_null(False).to_numpy())
+        mask = (self.meta["split"] == split).fill_null(False).to_numpy()
+        if self.left_out:
+            mask &= ~self.meta["service"].is_in(list(self.left_out)).to_numpy()
+        return np.flatnonzero(mask)
+
+
+def services_without_detector(models: Sequence[ModelInput], meta: pl.DataFrame) -> dict[str, list[str]]:
+    """Services of ``meta`` that some per-service model has no detector for → those models' keys.
+
+    A per-service bundle trained without a service (``lo2 train --per-service --services ...``, or a
+    group ``lo2 train`` skipped, e.g. ``key`` for a supervised model) cannot score that service's
+    sequences.  ``explain_all`` leaves such services out for *every* model, so all artefacts and the
+    canary comparison describe the same held-out sequences.
+    """
+    present = sorted(meta["service"].drop_nulls().unique().to_list())
+    missing: dict[str, list[str]] = {}
+    for model in models:
+        if model.per_service:
+            for service in present:
+                if service not in model.detectors:
+                    missing.setdefault(service, []).append(model.key)
+    return missing
 
 
 @dataclass(frozen=True)
@@ -804,6 +829,14 @@ def explain_all(
     if removed:
         logger.info("removed %d artefacts of a previous `lo2 explain` run from %s", removed, out_dir)
     t0 = time.perf_counter()
+    missing = services_without_detector([*models, *([canary] if canary is not None else [])], data.meta)
+    if missing:
+        left_out = tuple(sorted(set(data.left_out) | set(missing)))
+        if not set(data.meta["service"].drop_nulls().unique().to_list()) - set(left_out):
+            msg = f"no service is covered by every model: per-service bundles lack {missing}; explain them separately"
+            raise ConfigError(msg)
+        logger.warning("leaving out services %s: no detector for them in %s", list(missing), missing)
+        data = ExplainData(data.meta, data.events, data.split_fingerprint, left_out)
     reports = [explain_model(m, data, config, out_dir, canary, progress) for m in models]
     test = data.rows("test")
     label_col = LABEL_COLUMNS[config.label]
@@ -817,6 +850,7 @@ def explain_all(
         "nn_models": [r.key for r in reports if r.key in config.nn_models],
         "canary": canary.bundle if canary is not None else None,
         "n_heldout": int(test.size),
+        "services_left_out": {s: missing.get(s, []) for s in data.left_out},
         "n_heldout_anomalous": int(data.meta[label_col].cast(pl.Boolean).fill_null(False).to_numpy()[test].sum()),
         "params": dict(params or {}),
         "downsampled": any(

@@ -27,7 +27,7 @@ from batch.splits import RunSplit, split_runs
 from shared import detection_metrics as dm
 from shared.bundle import ALL, ModelBundle, bundle_inputs, score
 from shared.catalog import target_service
-from shared.errors import ConfigError
+from shared.errors import ConfigError, Lo2Error
 from shared.features import CANARY_COLUMNS as SHARED_CANARY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -288,10 +288,28 @@ def inputs_for_bundle(bundle: ModelBundle, events: Events) -> tuple[pl.DataFrame
     return matrix.meta, X
 
 
+def _require_groups(bundle: ModelBundle, services: Sequence[str]) -> None:
+    """A per-service bundle scores only the services it has a detector for: anything else is a clear
+    error naming them (and why training skipped them), never a silently missing score."""
+    if not bundle.per_service:
+        return
+    missing = sorted(set(services) - set(bundle.detectors))
+    if missing:
+        skipped = bundle.training.get("skipped_groups") or {}
+        why = "; ".join(f"{s}: {skipped[s]}" for s in missing if s in skipped)
+        msg = (
+            f"bundle {bundle.name or bundle.model_key} has per-service models for {sorted(bundle.detectors)} only; "
+            f"cannot score services {missing}{f' (skipped in training: {why})' if why else ''}; "
+            f"pass --services {' '.join(sorted(bundle.detectors))}"
+        )
+        raise ConfigError(msg)
+
+
 def score_events(bundle: ModelBundle, events: Events) -> pl.DataFrame:
     """Sequence metadata plus ``score`` and ``alert`` from a loaded bundle (scores only, no fit)."""
     meta, X = inputs_for_bundle(bundle, events)
     services = meta["service"].to_list()
+    _require_groups(bundle, services)
     scores = score(bundle, X, services if bundle.per_service else None)
     thresholds = [bundle.threshold_for(s if bundle.per_service else None) for s in services]
     return meta.with_columns(
@@ -325,6 +343,10 @@ def test_metrics(
     """
     test = data.rows("test")
     out: dict[str, Any] = {"n_test_sequences": int(test.size)}
+    unscored = np.isnan(scores[test])  # per service: rows of a skipped service (no detector)
+    if unscored.any():
+        out["n_test_sequences_unscored"] = int(unscored.sum())
+        test = test[~unscored]
     test_meta = data.meta[test]
     targeted = np.isin(test_meta["service"].to_numpy(), targeted_services(test_meta))
     groups = [(name, column, np.ones(test.size, dtype=bool)) for name, column in LABELS.items()]
@@ -364,6 +386,7 @@ def top_feature_references(data: Featurized, scores: np.ndarray, k: int, kind: s
     named = X[:, offset:]
     dense = named.toarray() if hasattr(named, "toarray") else np.asarray(named, dtype=np.float64)
     val = data.rows("validation")
+    val = val[~np.isnan(scores[val])]  # rows of a skipped service (per service) have no score
     normal_train = data.rows("train")[~data.labels("anomaly")[data.rows("train")]]
     strength = np.zeros(dense.shape[1])
     for j in range(dense.shape[1]):
@@ -458,7 +481,17 @@ def explainer_states(data: Featurized, kind: str, normal: np.ndarray, config: Tr
 
 
 def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBundle:
-    """Fit one registry model (pooled or per service), calibrate thresholds, measure, bundle it."""
+    """Fit one registry model (pooled or per service), calibrate thresholds, measure, bundle it.
+
+    Per service, a group that cannot be fitted (e.g. a supervised model for ``key``, which no error
+    case targets, so its training rows hold one class only; or a service without validation
+    ``correct`` rows) is skipped with a warning and recorded in ``training["skipped_groups"]``
+    (with the reason) and ``metrics["skipped_groups"]``, like ``lo2 evaluate --per-service`` does:
+    one unusable service should not cost the models of all the others.  The bundle then has no
+    detector for that service, so scoring its rows is an ``unknown_service`` error, never a guess;
+    the test metrics cover the fitted services only.  A pooled model that cannot be fitted, or a
+    per-service model no group of which can, is a one-line ``ConfigError`` naming the model.
+    """
     X = input_matrix(data.inputs, spec.input_kind)
     groups = sorted(data.meta["service"].unique().to_list()) if config.per_service else [ALL]
     params = dict(config.model_params.get(spec.key, {}))
@@ -467,39 +500,56 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
     detectors: dict[str, Any] = {}
     thresholds: dict[str, float] = {}
     score_refs: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     scores = np.full(data.meta.height, np.nan)
     row_thresholds = np.full(data.meta.height, np.nan)
     for group in groups:
         service = None if group == ALL else group
         train, val = data.rows("train", service), data.rows("validation", service)
-        if train.size == 0 or not normal[val].any():
-            msg = f"model {spec.key!r}, group {group!r}: no training rows or no validation 'correct' rows"
-            raise ConfigError(msg)
-        detector = spec.build(config.seed, params).fit(X[train], fit_labels[train].astype(int))
-        group_rows = np.flatnonzero(np.ones(data.meta.height, dtype=bool)) if service is None else np.flatnonzero(
+        group_rows = np.arange(data.meta.height) if service is None else np.flatnonzero(
             (data.meta["service"] == service).to_numpy()
         )
-        scores[group_rows] = detector.score(X[group_rows])
-        val_normal_scores = scores[val][normal[val]]
-        threshold = calibrate_threshold(val_normal_scores, config.threshold_quantile)
+        try:
+            if train.size == 0 or not normal[val].any():
+                msg = "no training rows or no validation 'correct' rows"
+                raise ConfigError(msg)
+            detector = spec.build(config.seed, params).fit(X[train], fit_labels[train].astype(int))
+            group_scores = np.asarray(detector.score(X[group_rows]), dtype=np.float64).reshape(-1)
+            val_normal_scores = group_scores[np.isin(group_rows, val[normal[val]])]
+            threshold = calibrate_threshold(val_normal_scores, config.threshold_quantile)
+        except (ValueError, Lo2Error) as exc:
+            # ValueError: what detectors raise for unusable training data (one class only, too few rows).
+            reason = f"model {spec.key!r}, group {group!r}: {exc}"
+            if service is None:
+                raise ConfigError(reason) from exc
+            log.warning("%s; skipping service %s (its rows cannot be scored by this bundle)", reason, group)
+            skipped[group] = str(exc)
+            continue
+        scores[group_rows] = group_scores
         detectors[group] = detector
         thresholds[group] = float(threshold)
         row_thresholds[group_rows] = float(threshold)
         score_refs[group] = _json_safe_edges(dm.psi_reference(val_normal_scores))
         log.info("%s [%s]: threshold %.6g at q=%.4f of %d validation normals", spec.key, group,
                  float(threshold), config.threshold_quantile, val_normal_scores.size)
+    if not detectors:
+        msg = f"model {spec.key!r}: no service group could be fitted: {skipped}"
+        raise ConfigError(msg)
     metrics = test_metrics(data, scores, row_thresholds, config)
+    if skipped:
+        metrics["skipped_groups"] = sorted(skipped)
     train_rows = data.rows("train")
     val_rows = data.rows("validation")
-    train_normal_scores = scores[train_rows][normal[train_rows]]
-    val_normal_scores = scores[val_rows][normal[val_rows]]
+    scored = ~np.isnan(scores)  # rows of skipped services have no score
+    train_normal_scores = scores[train_rows][(normal & scored)[train_rows]]
+    val_normal_scores = scores[val_rows][(normal & scored)[val_rows]]
     psi = float(dm.population_stability_index(train_normal_scores, val_normal_scores))
     metrics["psi_train_vs_holdout"] = None if math.isnan(psi) else psi
     metrics["threshold_quantile"] = config.threshold_quantile
     features = top_feature_references(data, scores, config.top_features, spec.input_kind)
     for ref in features.values():
         ref["edges"] = [None if math.isinf(e) else e for e in ref["edges"]]
-    explainer = explainer_states(data, spec.input_kind, normal, config, groups)
+    explainer = explainer_states(data, spec.input_kind, normal, config, [g for g in groups if g in detectors])
     return ModelBundle(
         model_key=spec.key,
         input_kind=spec.input_kind,
@@ -522,6 +572,7 @@ def fit_model(spec: ModelSpec, data: Featurized, config: TrainConfig) -> ModelBu
             "n_train_normal_sequences": int(normal[train_rows].sum()),
             "n_validation_sequences": int(val_rows.size),
             "services": sorted(data.meta["service"].unique().to_list()),
+            "skipped_groups": skipped,
         },
     )
 
@@ -563,12 +614,25 @@ def model_spec(key: str, config: TrainConfig) -> ModelSpec:
 
 
 def predictions_frame(data: Featurized, bundle: ModelBundle) -> pl.DataFrame:
-    """Per-sequence scores of a freshly trained bundle, in the same columns as ``score_events``."""
+    """Per-sequence scores of a freshly trained bundle, in the same columns as ``score_events``.
+
+    Rows of a service a per-service bundle skipped in training (``training["skipped_groups"]``) keep
+    their place with a null score, threshold and alert: they were not scored, and 0 would be a lie.
+    """
     X = inputs_of_bundle(bundle, data.inputs, data.feature_names)
     services = data.meta["service"].to_list()
-    scores = score(bundle, X, services if bundle.per_service else None)
-    thresholds = [bundle.threshold_for(s if bundle.per_service else None) for s in services]
-    return data.meta.with_columns(
-        pl.Series("score", scores, dtype=pl.Float64),
-        pl.Series("threshold", thresholds, dtype=pl.Float64),
+    if bundle.per_service:
+        fitted = np.isin(np.asarray(services, dtype=object), list(bundle.detectors))
+        rows = np.flatnonzero(fitted)
+        scores = np.full(len(services), np.nan)
+        thresholds = np.full(len(services), np.nan)
+        kept = [services[i] for i in rows]
+        scores[rows] = score(bundle, X[rows], kept)
+        thresholds[rows] = [bundle.threshold_for(s) for s in kept]
+    else:
+        scores = score(bundle, X, None)
+        thresholds = np.full(len(services), bundle.threshold_for(None))
+    return data.meta.with_columns(  # NaN → null: polars compares NaN >= NaN as true
+        pl.Series("score", scores, dtype=pl.Float64, nan_to_null=True),
+        pl.Series("threshold", thresholds, dtype=pl.Float64, nan_to_null=True),
     ).with_columns((pl.col("score") >= pl.col("threshold")).alias("alert"))

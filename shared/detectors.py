@@ -178,28 +178,56 @@ def _presence(X: Matrix) -> Matrix:
 class RarityDetector:
     """LogLead's RarityModel, fixed: rare tokens of normal data weigh ``(-ln p)^3``.
 
-    ``p`` = share of normal training sequences that contain the token (document frequency, with
-    add-one smoothing so that tokens never seen in training get the highest weight instead of a
-    division by zero).  Tokens more common than ``common_threshold`` weigh 0.  A sequence's score
-    is the mean weight of the distinct tokens it contains.  The demo's fixed threshold of 250 is
-    gone: the harness calibrates a threshold on validation normals like for every detector.
+    ``p`` = share of normal training sequences that contain the token (document frequency), with
+    add-one smoothing ``p = (df + 1) / (n + 1)``: a token never seen in training gets the smallest
+    share, ``1 / (n + 1)``, hence the highest weight (not a division by zero), and a token in every
+    training sequence gets ``p = 1``, weight 0.  A sequence's score is the mean weight of the
+    distinct tokens it contains.  The demo's fixed threshold of 250 is gone: the harness calibrates
+    the alert threshold on validation normals like for every detector.
+
+    Which tokens are *common* (weight 0) is decided by a test, not by comparing the share with
+    ``common_threshold`` directly.  Why: with ``n`` training sequences no seen token can have a
+    share below ``1 / n`` (``2 / (n + 1)`` smoothed), so with fewer than ~100 training normals a
+    fixed 0.01 cut-off called every token common, every weight became 0 and every sequence scored
+    the same (ROC-AUC 0.5).  Here a token is common only when the training data shows, at
+    ``confidence``, that it occurs in more than ``common_threshold`` of normal sequences: the
+    one-sided Clopper-Pearson lower bound of its share exceeds ``common_threshold``.  For large
+    ``n`` this converges to the plain "share > common_threshold" rule; for small ``n`` only tokens
+    seen often enough count as common, tokens seen once stay rare, and unseen tokens are never
+    common.  So the detector means the same thing for 20 and for 20 000 training normals.
     """
 
-    def __init__(self, *, common_threshold: float = 0.01) -> None:
+    def __init__(self, *, common_threshold: float = 0.01, confidence: float = 0.95) -> None:
         if not 0.0 < common_threshold < 1.0:
             msg = f"rarity common_threshold must be in (0, 1), got {common_threshold}"
             raise ValueError(msg)
+        if not 0.5 <= confidence < 1.0:
+            msg = f"rarity confidence must be in [0.5, 1), got {confidence}"
+            raise ValueError(msg)
         self.common_threshold = common_threshold
+        self.confidence = confidence
         self.weights_: np.ndarray | None = None
 
     def fit(self, X: Matrix, y: np.ndarray | None = None) -> RarityDetector:
+        from scipy.stats import beta
+
         train = normal_rows(X, y)
         _require_rows(train, "Rarity", minimum=1)
+        n = float(_n_rows(train))
         doc_freq = _column_counts(_presence(train))
-        share = (doc_freq + 1.0) / (_n_rows(train) + 1.0)
+        share = (doc_freq + 1.0) / (n + 1.0)
         weights = (-np.log(share)) ** 3
-        weights[share > self.common_threshold] = 0.0
+        seen = doc_freq > 0
+        # One-sided Clopper-Pearson lower bound of the true share (0 for unseen tokens).
+        lower = np.zeros_like(doc_freq)
+        lower[seen] = beta.ppf(1.0 - self.confidence, doc_freq[seen], n - doc_freq[seen] + 1.0)
+        common = seen & (lower > self.common_threshold)
+        weights[common] = 0.0
         self.weights_ = weights
+        logger.debug(
+            "Rarity: %d of %d seen tokens common (share > %.3g at %.0f%% confidence) over %d normals",
+            int(common.sum()), int(seen.sum()), self.common_threshold, 100 * self.confidence, int(n),
+        )
         return self
 
     def score(self, X: Matrix) -> np.ndarray:

@@ -349,5 +349,10 @@ def _summary(manifest: dict[str, Any], out_dir: Path) -> None:
             f(h.get("roc_auc")), f(h.get("recall")), f(h.get("alert_rate")),
         )
     Console().print(table)
+    left_out = manifest.get("services_left_out") or {}
+    if left_out:
+        models = sorted({m for keys in left_out.values() for m in keys})
+        Console().print(f"services left out: {', '.join(left_out)} (no detector in per-service bundle(s) "
+                        f"{', '.join(models)}; retrain with them or explain those bundles separately)")
     if manifest.get("canary"):
         Console().print(f"canary baseline: {manifest['canary']} (see <model>_metrics.json and _per_error_case.csv)")

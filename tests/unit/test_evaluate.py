@@ -246,3 +246,52 @@ def test_per_service_models_rank_margins(events: pl.DataFrame, result: Evaluatio
     assert not skipped & set(s.service.tolist())
     row = res.row("if", "anomaly_service")
     assert row.metrics["alert_rate"].mean == pytest.approx(float((s.scores >= 0).mean()))
+
+
+class _FirstColumn:
+    """A detector whose score is the row's first column (Rarity/OOV-like: most normals score 0)."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> _FirstColumn:
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64)[:, 0]
+
+
+def test_evaluate_calibrates_tied_scores_like_train() -> None:
+    """Validation normals all score exactly 0: the plain 0.99 quantile is 0 and `>=` alerted on every
+    test sequence (alert rate 1.0); evaluate now uses lo2 train's tie-safe calibration."""
+    from batch.evaluate import _fit_and_score, _metrics
+    from batch.registry import ModelSpec
+    from batch.train import Featurized, calibrate_threshold
+
+    n_train, n_val, n_test_normal, n_test_anomalous = 40, 50, 45, 5
+    split = ["train"] * n_train + ["validation"] * n_val + ["test"] * (n_test_normal + n_test_anomalous)
+    anomaly = [False] * (n_train + n_val + n_test_normal) + [True] * n_test_anomalous
+    score = np.r_[np.zeros(n_train + n_val + n_test_normal), np.linspace(1.0, 2.0, n_test_anomalous)]
+    meta = pl.DataFrame({"split": split, "service": ["token"] * len(split), "anomaly": anomaly,
+                         "anomaly_service": anomaly})
+    data = Featurized(split=None, spec=None, meta=meta, inputs={"numeric": score[:, None]}, feature_names=["s"])
+    spec = ModelSpec("tied", "first column", "numeric", False, lambda _seed, _p: _FirstColumn())
+    config = EvaluationConfig(models=(), seeds=(1,))
+    run = _fit_and_score(spec, data, "anomaly", 1, config)
+    val_normal = score[n_train : n_train + n_val]
+    assert run.threshold == calibrate_threshold(val_normal, config.threshold_quantile) > 0.0
+    y = np.asarray(anomaly)[np.asarray(split) == "test"]
+    metrics = _metrics(y, run.test_scores, run.threshold, config)
+    assert float(metrics["alert_rate"]) == pytest.approx(n_test_anomalous / y.size)
+    assert float(metrics["false_positive_rate"]) == 0.0 and float(metrics["recall"]) == 1.0
+
+
+def test_evaluate_keeps_its_error_for_an_undefined_threshold() -> None:
+    """No validation `correct` scores: a ValueError naming the validation runs (recorded as a failure)."""
+    from batch.evaluate import _fit_and_score
+    from batch.registry import ModelSpec
+    from batch.train import Featurized
+
+    meta = pl.DataFrame({"split": ["train"] * 4 + ["validation"] * 2 + ["test"] * 2, "service": ["token"] * 8,
+                         "anomaly": [False] * 4 + [True] * 2 + [False, True]})
+    data = Featurized(split=None, spec=None, meta=meta, inputs={"numeric": np.zeros((8, 1))}, feature_names=["s"])
+    spec = ModelSpec("tied", "first column", "numeric", False, lambda _seed, _p: _FirstColumn())
+    with pytest.raises(ValueError, match=r"cannot calibrate a threshold: .*\(validation runs\)"):
+        _fit_and_score(spec, data, "anomaly", 1, EvaluationConfig(models=(), seeds=(1,)))

@@ -397,3 +397,58 @@ def test_state_from_a_large_sparse_matrix_samples_instead_of_densifying_all() ->
     row = X[5].toarray()[0]
     top = SequenceExplainer(st).explain(X[5], top_k=2).top_features[0]
     assert top.value == pytest.approx(row[int(top.feature[4:])]) and top.value > 0  # a present token
+
+
+def test_explain_leaves_out_services_a_per_service_bundle_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A per-service bundle trained without `key` stopped `lo2 explain` ("no detector for service group
+    'key'"); now `key` is left out for every model, and the manifest and the summary say so."""
+    import polars as pl
+
+    from batch.commands.explain import _summary
+    from batch.explain import ExplainConfig, ExplainData, ModelInput, explain_all
+
+    rng = np.random.default_rng(8)
+    services = ["token", "client", "key"]
+    n_per = 40  # per service: 20 train, 8 validation, 12 test
+    split_one = ["train"] * 20 + ["validation"] * 8 + ["test"] * 12
+    n = n_per * len(services)
+    X = rng.normal(size=(n, 4))
+    anomalous = np.array([s == "test" and i % 3 == 0 for _ in services for i, s in enumerate(split_one)])
+    X[anomalous, 2] += 6.0
+    service = [s for s in services for _ in range(n_per)]
+    meta = pl.DataFrame({
+        "seq_id": [f"s{i:03d}" for i in range(n)], "run": [f"r{i % 5}" for i in range(n)], "service": service,
+        "test_case": np.where(anomalous, "case_x", "correct").tolist(), "anomaly": anomalous.tolist(),
+        "anomaly_service": anomalous.tolist(), "split": split_one * len(services),
+    })
+    train_of = {s: np.flatnonzero((np.asarray(service) == s) & (np.asarray(split_one * 3) == "train")) for s in services}
+    per_service = {s: IsolationForestDetector(seed=0, n_estimators=20).fit(X[train_of[s]]) for s in ("token", "client")}
+    pooled = IsolationForestDetector(seed=0, n_estimators=20).fit(X[np.concatenate(list(train_of.values()))])
+    names = ["a", "b", "err:ERR12007", "d"]
+    models = [
+        ModelInput("if", "if-b", {"all": pooled}, {"all": 0.6}, X, names),
+        ModelInput("sequence_lr_numeric", "lr-b", per_service, {"token": 0.6, "client": 0.6}, X, names),
+    ]
+    manifest = explain_all(models, ExplainData(meta, None, "fp"), ExplainConfig(shap_sample=4, seed=1,
+                           nn_models=(), max_list_entries=5), tmp_path)
+    assert manifest["services_left_out"] == {"key": ["sequence_lr_numeric"]}
+    assert manifest["n_heldout"] == 24  # the test sequences of token and client only
+    for key in ("if", "sequence_lr_numeric"):
+        assert manifest["per_model"][key]["shap_rows_total"] == 24
+        cases = pl.read_csv(tmp_path / f"{key}_per_error_case.csv")
+        assert cases["n_sequences"].sum() == 24
+        for line in (tmp_path / f"{key}_false_positives.jsonl").read_text().splitlines():
+            assert json.loads(line)["service"] != "key"
+    capsys.readouterr()
+    _summary(manifest, tmp_path)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "services left out: key (no detector in per-service bundle(s) sequence_lr_numeric;" in out
+    # pooled bundles only: nothing left out
+    again = explain_all(models[:1], ExplainData(meta, None, "fp"), ExplainConfig(shap_sample=4, nn_models=()), tmp_path)
+    assert again["services_left_out"] == {} and again["n_heldout"] == 36
+    # no service covered by every per-service model: a clear error, not an empty explanation
+    other = ModelInput("event_lr_words", "w-b", {"key": pooled}, {"key": 0.6}, X, names)
+    with pytest.raises(ConfigError, match="no service is covered by every model"):
+        explain_all([models[1], other], ExplainData(meta, None, "fp"), ExplainConfig(nn_models=()), tmp_path)
