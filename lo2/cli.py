@@ -13,6 +13,7 @@ import logging
 import sys
 from importlib import metadata
 
+from shared.errors import Lo2Error
 from shared.settings import Settings
 
 #: (name, module, one-line help).  Order = order in `lo2 --help`.
@@ -70,7 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = Settings()
-    return int(args._run(args, settings) or 0)
+    try:
+        return int(args._run(args, settings) or 0)
+    except Lo2Error as exc:
+        from shared.redaction import redact
+
+        # A user mistake or an environment problem (wrong path, no broker, bad bundle): one line, as
+        # argparse reports a bad flag, instead of a traceback.  Redacted: messages name paths and
+        # hosts, but one quoting a log line must not print a credential.
+        sys.stderr.write(f"lo2 {args.command}: error: {redact(str(exc))}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,11 +35,17 @@ from dataclasses import dataclass
 #: non-ASCII digits and U+001C–U+001F as digits/whitespace and Rust's ``regex`` does not, which made
 #: the loader and the worker disagree on crafted lines.
 _NS = r"[^ \t\n\r\f\v]"
+#: A clock time of day ``HH:mm:ss.SSS`` in range (00-23, 00-59, 00-59, 000-999).  An event must
+#: start with one: ``99:99:99.999`` would otherwise resolve to a time days after the reference.
+TIME_OF_DAY_REGEX = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}"
 LINE_REGEX = (
-    r"^(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}) \[(?P<thread>[^\]]*)\] +(?P<correlation_id>" + _NS + r"*) +"
+    r"^(?P<time>" + TIME_OF_DAY_REGEX + r") \[(?P<thread>[^\]]*)\] +(?P<correlation_id>" + _NS + r"*) +"
     r"(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +(?P<logger>" + _NS + r"+) +(?P<method>" + _NS + r"+) - (?P<message>.*)$"
 )
-#: A line that starts like an event (used to tell malformed events from continuation lines).
+#: A line that starts like an event (used to tell malformed events from continuation lines).  Any
+#: two-digit fields on purpose: a line with an impossible time (``99:99:99.999 [...] ...``) is
+#: malformed (counted and dropped by the loader, ``unparsable_line`` in the worker), not the
+#: continuation of the event before it.
 TIME_PREFIX_REGEX = r"^[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}"
 #: What counts as blank (the same set in Python and in the Polars loader).
 BLANK_CHARS = " \t\n\r\f\v"
@@ -87,13 +93,14 @@ def classify(line: str) -> LineKind:
 
 
 def time_of_day_ms(hhmmss_mmm: str) -> int:
-    """``"16:29:40.148"`` -> milliseconds since midnight."""
-    return (
-        int(hhmmss_mmm[0:2]) * 3_600_000
-        + int(hhmmss_mmm[3:5]) * 60_000
-        + int(hhmmss_mmm[6:8]) * 1000
-        + int(hhmmss_mmm[9:12])
-    )
+    """``"16:29:40.148"`` -> milliseconds since midnight.
+
+    Raises ``ValueError`` for a time out of range (``"24:00:00.000"``, ``"12:60:00.000"``, ...).
+    """
+    h, m, s = int(hhmmss_mmm[0:2]), int(hhmmss_mmm[3:5]), int(hhmmss_mmm[6:8])
+    if h > 23 or m > 59 or s > 59:
+        raise ValueError(f"time of day {hhmmss_mmm[:12]!r}: expected 00-23:00-59:00-59.000-999")
+    return h * 3_600_000 + m * 60_000 + s * 1000 + int(hhmmss_mmm[9:12])
 
 
 #: The fields of :class:`ParsedLine` as a plain tuple, in its field order (see :func:`parse_fields`).

@@ -20,6 +20,7 @@ Pacing: ``speed`` = 0 sends as fast as the broker takes it; ``speed`` = 1 replay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -30,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shared.errors import DataLayoutError
+from shared.errors import BrokerError, DataLayoutError
 from shared.parsing import (
     BLANK_CHARS,
-    TIME_PREFIX_REGEX,
+    TIME_OF_DAY_REGEX,
     resolve_timestamp_ms,
     service_from_filename,
     time_of_day_ms,
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 KeyBy = Literal["sequence", "service"]
 
 _RUN_RE = re.compile(r"(?:light-oauth2-data-(?P<v1>\d{9,11}))|(?:(?:oauth2_logs_)?(?P<run>LO2_run_(?P<v2>\d{9,11})))")
-_TIME_RE = re.compile(TIME_PREFIX_REGEX)
+#: An event starts with a clock time; a line with an impossible one (``99:99:99.999 ...``) travels
+#: with the event before it, like a malformed line in the loader, and the worker dead-letters it.
+_TIME_RE = re.compile("^" + TIME_OF_DAY_REGEX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +196,40 @@ def folder_chunks(
         yield from heapq.merge(*per_file, key=lambda c: c.ts_ms)
 
 
+_PARQUET_COLUMNS = ["run", "test_case", "service", "seq_id", "line_no", "timestamp", "thread", "correlation_id",
+                    "level", "logger", "method", "message", "stack"]
+
+
+def check_source(path: Path) -> None:
+    """Fail early, with a :class:`DataLayoutError` that names the path, when ``path`` cannot be replayed.
+
+    A ``.parquet`` path must be a readable Parquet file with the loader's events columns; any other
+    path must be an LO2 run folder or a folder of runs (:func:`discover_run_dirs`).  The sources are
+    read lazily while records are produced, so without this a wrong path would only fail mid-replay.
+    """
+    if path.suffix != ".parquet":
+        discover_run_dirs(path)
+        return
+    import polars as pl
+
+    if not path.is_file():
+        raise DataLayoutError(f"replay source {str(path)!r} is not a file; expected an events.parquet written by `lo2 load`")
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataLayoutError(f"replay source {str(path)!r} is not a readable Parquet file ({type(exc).__name__})") from exc
+    missing = [c for c in _PARQUET_COLUMNS if c not in schema]
+    if missing:
+        raise DataLayoutError(
+            f"replay source {str(path)!r} is not an events.parquet written by `lo2 load`: no column(s) {missing}"
+        )
+
+
 def parquet_chunks(path: Path) -> Iterator[Chunk]:
     """Chunks rebuilt from ``events.parquet`` (already trimmed by the loader), in timestamp order."""
     import polars as pl
 
-    cols = ["run", "test_case", "service", "seq_id", "line_no", "timestamp", "thread", "correlation_id",
-            "level", "logger", "method", "message", "stack"]
-    df = pl.read_parquet(path, columns=cols).sort(["timestamp", "seq_id", "line_no"])
+    df = pl.read_parquet(path, columns=_PARQUET_COLUMNS).sort(["timestamp", "seq_id", "line_no"])
     ts_ms = df.get_column("timestamp").dt.epoch("ms").to_list()
     last_row: dict[SeqKey, int] = {}
     rows = df.drop("timestamp").iter_rows()
@@ -310,13 +340,22 @@ async def produce(
     speed: float = 0.0,
     on_record: Callable[[OutRecord], None] | None = None,
 ) -> int:
-    """Send the records (pacing by log time when ``speed`` > 0); return how many were sent."""
+    """Send the records (pacing by log time when ``speed`` > 0); return how many were sent.
+
+    Raises :class:`BrokerError` when the producer cannot connect to ``bootstrap``.
+    """
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1_048_576, max_request_size=4_194_304, acks=1
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except (KafkaError, OSError) as exc:
+        with contextlib.suppress(KafkaError, OSError):
+            await producer.stop()
+        raise BrokerError(f"cannot connect a producer to {bootstrap}: {type(exc).__name__}: {exc}") from exc
     sent = 0
     # Pacing follows log time forward only: when it jumps back (the next run starts), it goes on
     # from where it was instead of sending the rest at once.

@@ -195,6 +195,13 @@ fn time_prefix(l: &[u8]) -> bool {
     d(0) && d(1) && l[2] == b':' && d(3) && d(4) && l[5] == b':' && d(6) && d(7) && l[8] == b'.' && d(9) && d(10) && d(11)
 }
 
+/// The time of a `time_prefix` line is a clock time: `(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]`
+/// (shared.parsing.TIME_OF_DAY_REGEX).  A line with an impossible time is malformed, not an event.
+#[inline]
+fn time_in_range(l: &[u8]) -> bool {
+    (l[0] < b'2' || (l[0] == b'2' && l[1] <= b'3')) && l[3] <= b'5' && l[6] <= b'5'
+}
+
 #[inline]
 fn time_of_day_ms(l: &[u8]) -> i64 {
     let n = |i: usize| (l[i] - b'0') as i64;
@@ -256,7 +263,7 @@ fn parse_rest(l: &[u8], p: usize) -> Option<(Span, Span, Span, Span)> {
 
 /// LINE_REGEX on one line (no `\n`, trailing `\r`s already stripped).
 fn parse_event(l: &[u8]) -> Option<Fields> {
-    if !time_prefix(l) || l.len() < 14 || l[12] != b' ' || l[13] != b'[' {
+    if !time_prefix(l) || !time_in_range(l) || l.len() < 14 || l[12] != b' ' || l[13] != b'[' {
         return None;
     }
     // `\[([^\]]*)\]`: the thread runs to the first `]`.

@@ -76,7 +76,11 @@ _THREADS = ["main", "XNIO-1 task-3", "hz._hzInstance_1_dev.partition-operation.t
             "hz._hzInstance_1_dev.generic-operation.thread-1", "hz.main", ""]
 _TIMES = ["23:59:59.998", "00:00:00.001", "12:00:00.000", "11:59:59.999", "00:00:00.000", "23:59:59.999"]
 _OTHER = st.sampled_from(["\tat com.networknt.Foo.bar(Foo.java:1)", "Caused by: x", "", "   ", "\t", "\x0b\x0c",
-                          "12:00:00.000 garbage", "12:00:00.000 [t] oops", "12:00:00.00", "]", "- - -", "é ] ü"])
+                          "12:00:00.000 garbage", "12:00:00.000 [t] oops", "12:00:00.00", "]", "- - -", "é ] ü",
+                          # impossible times: malformed, not events (hours 00-23, minutes/seconds 00-59)
+                          "99:99:99.999 [XNIO-1 task-1]  Ab3dE-1 DEBUG c.n.o.t.h.X m - msg",
+                          "24:00:00.000 [main]   INFO  c.n.X m - msg", "23:60:00.000 [XNIO-1 task-3]   DEBUG c.n.X m - x",
+                          "19:59:60.000 [main]   INFO  c.n.X m - msg"])
 _BAD = st.sampled_from([b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\x80\x80"])
 _EOL = st.sampled_from(["\n", "\r\n", "\r\r\n"])
 

@@ -48,6 +48,9 @@ def test_classify_kinds() -> None:
     assert classify("\tat com.networknt.Handler.handle(Handler.java:42)") is LineKind.CONTINUATION
     assert classify("16:29:4") is LineKind.CONTINUATION
     assert classify("16:29:40.148 [XNIO-1 task-2] garbage") is LineKind.MALFORMED
+    # a time of day out of range starts like an event but is not one
+    assert classify("24:00:00.000 [XNIO-1 task-2]  cid DEBUG c.n.X m - msg") is LineKind.MALFORMED
+    assert classify("23:59:59.999 [XNIO-1 task-2]  cid DEBUG c.n.X m - msg") is LineKind.EVENT
 
 
 def test_midnight_rollover_both_directions() -> None:

@@ -52,11 +52,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         Chunk,
         ReplayStats,
         build_records,
+        check_source,
         folder_chunks,
         parquet_chunks,
         produce,
     )
 
+    for source in args.sources:  # before the topic is touched: a wrong path is a user error, not a broker one
+        check_source(source)
     console = Console(stderr=True)
     stats = ReplayStats()
     trim = settings.trim_init_lines if args.trim_init_lines is None else args.trim_init_lines

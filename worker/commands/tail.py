@@ -20,17 +20,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    from aiokafka.errors import KafkaError
     from rich.console import Console
 
+    from shared.errors import BrokerError
+    from worker.broker import probe
     from worker.commands.replay import bootstrap_of
     from worker.tail import as_json_line, iter_anomalies, render
 
     console = Console(highlight=False, soft_wrap=True)
+    bootstrap = bootstrap_of(settings, args.bootstrap)
+    topic = args.topic or settings.anomalies_topic
+    probe(bootstrap)  # BrokerError (one clean line from `lo2`) instead of a consumer failing to start
 
     async def main() -> int:
         n = 0
         async for rec in iter_anomalies(
-            bootstrap=bootstrap_of(settings, args.bootstrap), topic=args.topic or settings.anomalies_topic,
+            bootstrap=bootstrap, topic=topic,
             from_beginning=args.from_beginning, idle_timeout_s=args.idle_timeout, dedupe=not args.no_dedupe,
         ):
             if args.json:
@@ -46,4 +52,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(main())
     except KeyboardInterrupt:
         return 130
+    except KafkaError as exc:  # the broker went away after the probe
+        raise BrokerError(f"reading {topic!r} from {bootstrap} failed: {type(exc).__name__}: {exc}") from exc
     return 0
