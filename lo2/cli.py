@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="lo2-stream: anomaly detection for Light-OAuth2 logs, batch and live on Kafka.",
     )
     parser.add_argument("--version", action="version", version=f"lo2-stream {_version()}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: debug logs of lo2-stream itself; -vv: of the libraries too (and tracebacks of errors)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         try:
@@ -65,20 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # default INFO; -v: DEBUG for lo2-stream's own packages; -vv: DEBUG for the libraries too
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        for package in ("batch", "worker", "shared", "lo2"):
+            logging.getLogger(package).setLevel(logging.DEBUG)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     settings = Settings()
     try:
         return int(args._run(args, settings) or 0)
-    except Lo2Error as exc:
+    except (Lo2Error, OSError) as exc:
         from shared.redaction import redact
 
-        # A user mistake or an environment problem (wrong path, no broker, bad bundle): one line, as
-        # argparse reports a bad flag, instead of a traceback.  Redacted: messages name paths and
-        # hosts, but one quoting a log line must not print a credential.
+        # A user mistake or an environment problem (wrong path, no broker, bad bundle, an output
+        # folder that cannot be written): one line, as argparse reports a bad flag, instead of a
+        # traceback (-vv logs it).  Redacted: messages name paths and hosts, but one quoting a log
+        # line must not print a credential.
+        logging.getLogger("lo2").debug("%s failed", args.command, exc_info=True)
         sys.stderr.write(f"lo2 {args.command}: error: {redact(str(exc))}\n")
         return 2
 

@@ -105,3 +105,37 @@ def test_produce_to_an_unreachable_broker_is_a_broker_error(no_broker: str) -> N
 
     with pytest.raises(BrokerError, match=no_broker.replace(".", r"\.")):
         asyncio.run(produce([], bootstrap=no_broker, topic="lo2.logs"))
+
+
+# --- batch commands: unreadable inputs and unwritable outputs -----------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_file_that_is_not_parquet_is_one_line(
+    command: str, no_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "events.parquet"
+    bad.write_bytes(b"PAR1 truncated, not a parquet file")
+    assert main([command, "--input", str(bad)]) == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())  # rich wraps long lines
+    assert "Traceback" not in text and "is not a readable Parquet file" in text
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(
+    no_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["generate", "--runs", "1", "--errors-per-run", "0", "--out", str(blocker / "runs")]) == 2
+    assert "lo2 generate: error: " in _error_line(capsys, "generate")
+
+
+def test_verbose_flags_raise_the_log_level(no_broker: str) -> None:
+    import logging
+
+    main(["-v"])  # no command: prints help, but the level is set first
+    assert logging.getLogger("batch").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger("aiokafka").getEffectiveLevel() > logging.DEBUG  # libraries only with -vv
+    for package in ("batch", "worker", "shared", "lo2"):
+        logging.getLogger(package).setLevel(logging.NOTSET)
