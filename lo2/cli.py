@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lo2-stream {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: debug logs of lo2-stream itself; -vv: of the libraries too (and tracebacks of errors)")
+                        help="-v: debug logs (and error tracebacks) of lo2-stream; -vv: of the libraries too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         try:
