@@ -84,9 +84,9 @@ async def iter_anomalies(
         topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     dd = Deduplicator()
     try:
+        await consumer.start()  # inside the try: a failed start still closes the client
         while True:
             batch = await consumer.getmany(timeout_ms=int((idle_timeout_s or 1.0) * 1000))
             if not batch:
