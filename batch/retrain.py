@@ -16,6 +16,11 @@ better"):
   pages people more often is not an improvement for the people paged.
 * Promotion is the atomic ``current`` switch of :func:`shared.bundle.promote`; the worker hot-reloads.
 * A decision record (JSON) is written either way, and the exit code says what happened.
+* ``dry_run`` applies the same rule but never switches ``current``: a winning challenger is then
+  recorded as ``would_promote`` (record ``<stamp>-would_promote.json``, ``promoted: false``), so
+  neither the console, the log nor the record file name claims a promotion that did not happen.
+  The exit code follows the verdict (0 = would promote, 3 = champion kept) so a script can ask
+  "would it promote?" without switching anything.
 
 If the champion cannot be loaded or scored, the challenger is promoted (a model that cannot be
 loaded protects nobody) and the record says why.  If the champion trained on some of the held-out
@@ -46,7 +51,8 @@ from shared.errors import ConfigError, Lo2Error, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-#: Exit codes of ``lo2 retrain`` (documented in docs/evaluation.md).
+#: Exit codes of ``lo2 retrain`` (documented in docs/evaluation.md).  With ``--dry-run``,
+#: EXIT_PROMOTED means "would promote" (``current`` unchanged).
 EXIT_PROMOTED = 0
 EXIT_ERROR = 2
 EXIT_KEPT = 3
@@ -54,7 +60,8 @@ EXIT_KEPT = 3
 DECISIONS_DIR = "decisions"
 RECORD_SCHEMA = "lo2.retrain-decision.v1"
 
-Decision = Literal["promoted", "kept_champion"]
+#: "would_promote" = the rule chose the challenger, but this was a dry run (``current`` unchanged).
+Decision = Literal["promoted", "would_promote", "kept_champion"]
 ProgressFn = Callable[[str], None]
 
 
@@ -146,11 +153,17 @@ class RetrainDecision:
 
     @property
     def promoted(self) -> bool:
+        """Whether ``current`` was switched to the challenger (never true in a dry run)."""
         return self.decision == "promoted"
 
     @property
+    def challenger_won(self) -> bool:
+        """Whether the rule chose the challenger (promoted, or would be without ``dry_run``)."""
+        return self.decision in ("promoted", "would_promote")
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_PROMOTED if self.promoted else EXIT_KEPT
+        return EXIT_PROMOTED if self.challenger_won else EXIT_KEPT
 
     def as_dict(self) -> dict[str, Any]:
         c = self.config
@@ -316,12 +329,16 @@ def retrain(
     verdict, reason = decide(challenger, champion, config)
     previous = str(champion_dir) if champion_dir else None
     current = previous
-    if verdict == "promoted" and not config.dry_run:
+    if verdict == "promoted" and config.dry_run:
+        # The challenger stays on disk so it can be promoted by hand (`lo2 models promote`).
+        verdict = "would_promote"
+        reason = f"dry run, `current` unchanged; {reason}"
+    elif verdict == "promoted":
         promote(challenger_dir, model_dir)
         current = str(challenger_dir.resolve())
-    elif verdict != "promoted" and not config.keep_rejected:
+    elif not config.keep_rejected:
         shutil.rmtree(challenger_dir)
     decision = RetrainDecision(verdict, reason, challenger, champion, split, config, previous, current)
     write_record(decision, model_dir, record_copy)
-    log.info("retrain: %s (%s); record %s", verdict, reason, decision.record_path)
+    log.info("retrain: %s (%s); record %s", verdict.replace("_", " "), reason, decision.record_path)
     return decision

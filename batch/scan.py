@@ -70,7 +70,25 @@ class ScanResult:
 
     @property
     def complete(self) -> bool:
-        return self.manifest_error is None and all(not m.missing for m in self.models)
+        """Manifest readable, at least one model, and no required per-model file missing."""
+        return not self.problems
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the folder is not complete, one phrase each (empty when it is).
+
+        The manifest counts as a required artefact: the "Required artefacts" line used to say
+        "all present" for an empty folder (no manifest, no models) while ``--strict`` failed.
+        """
+        out: list[str] = []
+        if self.manifest_error is not None:
+            out.append(self.manifest_error)
+        if not self.models:
+            out.append("no model artefacts found")
+        n_missing = sum(len(m.missing) for m in self.models)
+        if n_missing:
+            out.append(f"{n_missing} missing")
+        return out
 
 
 def _read_manifest(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -265,16 +283,16 @@ def render_markdown(result: ScanResult, *, max_false_positives: int = 0, top_lis
     out = [f"## LO2 explainability scan ({result.generated_at})", ""]
     out.append(f"- Directory: `{d}`")
     if result.manifest is not None:
-        m = result.manifest
+        info = result.manifest
         out.append(
-            f"- Manifest: bundle `{m.get('bundle', '?')}`, split `{m.get('split', '?')}`, "
-            f"held-out sequences {m.get('n_heldout', '?')}, created {m.get('created_at', '?')}"
+            f"- Manifest: bundle `{info.get('bundle', '?')}`, split `{info.get('split', '?')}`, "
+            f"held-out sequences {info.get('n_heldout', '?')}, created {info.get('created_at', '?')}"
         )
     else:
         out.append(f"- Manifest: **problem**: {result.manifest_error}")
     out.append(f"- Models: {', '.join(f'`{m.model}`' for m in result.models) or 'none found'}")
-    n_missing = sum(len(m.missing) for m in result.models)
-    out.append(f"- Required artefacts: {'all present' if n_missing == 0 else f'**{n_missing} missing**'}")
+    problems = result.problems
+    out.append(f"- Required artefacts: {'all present' if not problems else '**' + '; '.join(problems) + '**'}")
     out.append(
         f"- SHAP artefacts: {len(result.shap_files)} "
         f"({', '.join(f'{k}: {v}' for k, v in result.shap_by_type.items()) or 'none'})"

@@ -14,6 +14,9 @@ silently refitted (the demo's ``--load-model`` retrained on an AttributeError). 
 
 :func:`load` verifies every checksum, the schema version and the feature spec fingerprint and
 raises :class:`~shared.errors.ModelLoadError` on any mismatch; it never fits anything.  The
+manifest also carries ``manifest_sha256``, the SHA-256 of its own canonical JSON (every other
+key; sorted keys, fixed separators): the file checksums live *in* the manifest, so without it an
+edited threshold or feature name would load silently.  The
 ``current`` pointer under the model folder is a relative symlink swapped atomically
 (``os.replace`` of a fresh symlink), so a reader sees the old or the new bundle, never half.
 """
@@ -47,6 +50,8 @@ MANIFEST = "manifest.json"
 FEATURE_SPEC = "feature_spec.json"
 EXPLAINER = "explainer.joblib"
 DETECTORS_DIR = "detectors"
+#: Manifest key holding the SHA-256 of the manifest's own canonical content (see manifest_digest).
+MANIFEST_SHA256 = "manifest_sha256"
 #: Name of the pointer to the promoted bundle inside the model folder.
 CURRENT = "current"
 #: Group name of a model trained on all services together.
@@ -63,6 +68,18 @@ def sha256_file(path: Path) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``manifest`` without its ``manifest_sha256`` key.
+
+    Canonical = sorted keys, ``(",", ":")`` separators, UTF-8 kept as is: the digest depends on
+    the content only, so a manifest re-indented or with its keys re-ordered still verifies, while
+    any changed value (a threshold digit, a feature name) does not.
+    """
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_SHA256}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return sha256_text(text)
 
 
 def code_version() -> dict[str, str]:
@@ -244,7 +261,11 @@ class ModelBundle:
             files = {
                 p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
             }
-            text = json.dumps(self.manifest(files), indent=2, sort_keys=False, default=_json_default)
+            # Digest the manifest as a reader will parse it (numpy scalars, tuples already plain
+            # JSON), so save and load canonicalise exactly the same object.
+            content = json.loads(json.dumps(self.manifest(files), default=_json_default))
+            content[MANIFEST_SHA256] = manifest_digest(content)
+            text = json.dumps(content, indent=2, sort_keys=False)
             (staging / MANIFEST).write_text(text + "\n", encoding="utf-8")
             os.replace(staging, directory)
         except BaseException:
@@ -291,7 +312,12 @@ def unique_bundle_dir(model_dir: Path, model_key: str) -> Path:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The parsed manifest of a bundle (no verification of the other files)."""
+    """The parsed manifest of a bundle, its own checksum verified (not yet the other files).
+
+    Bundles saved before manifests carried ``manifest_sha256`` are still read (the layout is
+    otherwise unchanged, so the schema version stays 1 and no reader for it is lost) with a
+    warning that their manifest content cannot be verified; re-saving or re-training fixes that.
+    """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         msg = f"bundle {directory}: {MANIFEST} is missing (is this a model bundle folder?)"
@@ -311,7 +337,30 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"(supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
         )
         raise ModelLoadError(msg)
+    verify_manifest(directory, data)
     return data
+
+
+def verify_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
+    """The manifest's ``manifest_sha256`` matches its content; a legacy manifest without it warns."""
+    recorded = manifest.get(MANIFEST_SHA256)
+    if recorded is None:
+        logger.warning(
+            "bundle %s: %s has no %s (saved by an older lo2); its thresholds and metadata cannot be "
+            "verified. Re-train or re-save the bundle to protect it",
+            directory, MANIFEST, MANIFEST_SHA256,
+        )
+        return
+    if not isinstance(recorded, str):
+        msg = f"bundle {directory}: {MANIFEST} field {MANIFEST_SHA256} must be a hex string, got {type(recorded).__name__}"
+        raise ModelLoadError(msg)
+    actual = manifest_digest(manifest)
+    if actual != recorded:
+        msg = (
+            f"bundle {directory}: {MANIFEST} was modified after saving (content SHA-256 {actual[:12]}…, "
+            f"recorded {recorded[:12]}…); refusing to load it. Re-train, or restore the original bundle"
+        )
+        raise ModelLoadError(msg)
 
 
 def verify_files(directory: Path, manifest: Mapping[str, Any]) -> None:
@@ -473,6 +522,11 @@ def resolve(model_dir: Path, name_or_current: str | Path = CURRENT) -> Path:
     for path in (candidate, model_dir / candidate):
         if (path / MANIFEST).is_file():
             return path
+    for path in (candidate, model_dir / candidate):
+        # A folder that exists but holds no manifest is a different mistake than a typo'd name.
+        if path.is_dir():
+            msg = f"{path} is a folder but not a model bundle: it has no {MANIFEST}"
+            raise ModelLoadError(msg)
     msg = f"model bundle {str(name_or_current)!r} not found as a path or under {model_dir}"
     raise ModelLoadError(msg)
 

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     console = Console()
     try:
+        _check_error_type(args.single_error_type)
         trim_mode, trim_init_lines = _trim(args, settings)
         selection = make_selection(
             runs=args.runs,
@@ -126,11 +127,49 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 engine=settings.loader_engine,
             )
     except Lo2Error as exc:
-        console.print(f"[red]lo2 load: {exc}[/red]")
+        console.print(f"[red]lo2 load: {printable(str(exc))}[/red]")
         return 2
     console.print(summary_table(summary))
     _preview(console, summary, args.head)
     return 0
+
+
+def _check_error_type(name: str) -> None:
+    """Refuse an unknown ``--single-error-type`` before reading anything.
+
+    Why: the loader skips every run without the named case, so a typo used to load nothing and
+    exit 0 with empty Parquets.  The 53 names are those of :mod:`shared.catalog` (LO2's folders).
+    """
+    import difflib
+
+    from shared.catalog import CORRECT, ERROR_CASE_NAMES
+    from shared.errors import ConfigError
+
+    if not name or name == "random" or name in ERROR_CASE_NAMES:
+        return
+    if name == CORRECT:
+        msg = "--single-error-type correct: 'correct' is always loaded; name an error case or 'random'"
+        raise ConfigError(msg)
+    close = difflib.get_close_matches(name, ERROR_CASE_NAMES, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see shared/catalog.py for the 53 names"
+    msg = f"--single-error-type {name!r} is not an LO2 error case; {hint} (or 'random')"
+    raise ConfigError(msg)
+
+
+def escape_controls(text: str) -> str:
+    r"""Non-printable characters of ``text`` as their repr escapes (``\x00``, ``\x1b``, ``\t``).
+
+    Bad input lines may hold NUL, ESC or other control bytes; echoed raw they garble (or drive)
+    the terminal.  Escaped, they stay visible and the terminal stays intact.
+    """
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def printable(text: str) -> str:
+    """``text`` safe in a rich markup string: controls escaped, and ``[red]`` shown, not interpreted."""
+    from rich.markup import escape
+
+    return escape(escape_controls(text))
 
 
 def _trim(args: argparse.Namespace, settings: Settings) -> tuple[TrimMode, int]:
@@ -219,11 +258,12 @@ def summary_table(s: LoadSummary) -> object:
     for k, v in rows:
         t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
     for r in s.runs_skipped[:5]:
-        t.add_row(f"  skipped {r['run']}", r["reason"])
+        t.add_row(f"  skipped {printable(r['run'])}", printable(r["reason"]))
     for p in s.examples[:5]:
-        t.add_row(f"  {p.kind} {Path(p.file).parent.name}/{Path(p.file).name}:{p.line_no}", p.text[:80])
+        where = printable(f"{Path(p.file).parent.name}/{Path(p.file).name}")
+        t.add_row(f"  {p.kind} {where}:{p.line_no}", printable(p.text[:80]))
     for name, path in s.outputs.items():
-        t.add_row(f"wrote {name}", path)
+        t.add_row(f"wrote {name}", printable(str(path)))
     return t
 
 
@@ -238,11 +278,17 @@ def _preview(console: object, s: LoadSummary, head: int) -> None:
         path = s.outputs.get(name)
         if path:
             df = pl.scan_parquet(path).head(head).collect()
-            # log text carries credentials: the preview is for people, so it is redacted
+            # log text carries credentials: the preview is for people, so it is redacted; and
+            # control bytes of bad lines are escaped so they cannot garble the terminal
             df = df.with_columns(
                 pl.col(c).map_elements(redact, return_dtype=pl.String)
                 for c in ("message", "stack")
                 if c in df.columns
+            )
+            df = df.with_columns(
+                pl.col(c).map_elements(escape_controls, return_dtype=pl.String)
+                for c, dtype in df.schema.items()
+                if dtype == pl.String
             )
             console.print(f"{name}.parquet (first {head} rows):")  # type: ignore[attr-defined]
             console.print(df)  # type: ignore[attr-defined]

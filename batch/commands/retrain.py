@@ -2,7 +2,9 @@
 `current` bundle) on the SAME held-out runs (the newest runs by epoch), and promote the challenger
 (atomic switch of `current`) only when its primary metric beats the champion's by the margin and
 its alert rate on normal sequences is not worse.  A decision record (JSON) is written either way.
-Exit code: 0 = promoted, 3 = champion kept, 2 = error (bad input or configuration)."""
+Exit code: 0 = promoted, 3 = champion kept, 2 = error (bad input or configuration).  With
+--dry-run `current` is never switched: a winning challenger is reported and recorded as "would
+promote" (exit 0, record `<stamp>-would_promote.json`), a losing one as "kept_champion" (exit 3)."""
 
 from __future__ import annotations
 
@@ -49,7 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--services", default="", help="comma-separated services (default: all)")
     parser.add_argument("--per-service", action="store_true", help="one detector and threshold per service")
-    parser.add_argument("--dry-run", action="store_true", help="decide and write the record, but do not switch `current`")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="decide and write the record, but do not switch `current`; reports 'would promote' "
+                        "(exit 0) or 'kept_champion' (exit 3)")
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--keep-rejected", dest="keep_rejected", action="store_true", default=None,
                       help="keep a rejected challenger bundle on disk (default: LO2_RETRAIN_KEEP_REJECTED)")
@@ -65,6 +69,7 @@ def _pick(value: Any, default: Any) -> Any:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
     from rich.console import Console
+    from rich.markup import escape
 
     from batch.commands.evaluate import percentile_to_quantile
     from batch.evaluate import read_events
@@ -110,8 +115,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (Lo2Error, argparse.ArgumentTypeError, ValueError) as exc:
         console.print(f"[red]retrain failed:[/] {exc}")
         return EXIT_ERROR
-    colour = "green" if decision.promoted else "yellow"
-    console.print(f"[{colour}]{decision.decision}[/]: {decision.reason}")
+    colour = "green" if decision.challenger_won else "yellow"
+    shown = "would promote" if decision.decision == "would_promote" else decision.decision
+    console.print(f"[{colour}]{shown}[/]: {escape(decision.reason)}")
     m = config.metric
     console.print(
         f"challenger {Path(decision.challenger.path or '').name}: {m} {decision.challenger.value(m):.4f}, "

@@ -97,6 +97,7 @@ def test_incompatible_feature_spec_fails_loudly(saved: Path) -> None:
     # Even with consistent checksums the feature code refuses it.
     manifest["files"]["feature_spec.json"] = mb.sha256_file(spec_path)
     manifest["feature_spec"]["fingerprint"] = mb.sha256_text(spec_path.read_text())
+    manifest[mb.MANIFEST_SHA256] = mb.manifest_digest(manifest)
     (saved / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="incompatible"):
         mb.load(saved)
@@ -242,3 +243,116 @@ def test_bundle_inputs_name_what_is_missing(trained: TrainResult) -> None:
     tokens = trained.bundles["event_lr_words"]
     with pytest.raises(PayloadError, match="X_tokens is missing"):
         mb.bundle_inputs(tokens, trained.data.inputs["numeric"])
+
+
+# --- the manifest's own checksum -------------------------------------------------------------
+
+
+def _edit_manifest_text(bundle_dir: Path, old: str, new: str) -> None:
+    """Change the manifest as a person with an editor would: one substring, nothing else."""
+    path = bundle_dir / "manifest.json"
+    text = path.read_text()
+    assert text.count(old) >= 1, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_manifest_carries_its_own_checksum(saved: Path) -> None:
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest[mb.MANIFEST_SHA256] == mb.manifest_digest(manifest)
+    assert len(manifest[mb.MANIFEST_SHA256]) == 64
+
+
+def test_tampered_threshold_in_manifest_fails_loudly(saved: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(saved, tmp_path / "copy"))
+    threshold = json.loads((copy / "manifest.json").read_text())["thresholds"][mb.ALL]
+    text = json.dumps(threshold)  # the threshold as written, e.g. 0.7312...
+    digit = next(i for i, ch in enumerate(text) if ch.isdigit() and ch not in "0")
+    changed = text[:digit] + ("1" if text[digit] != "1" else "2") + text[digit + 1 :]
+    _edit_manifest_text(copy, f'"{mb.ALL}": {text}', f'"{mb.ALL}": {changed}')
+    assert json.loads((copy / "manifest.json").read_text())["thresholds"][mb.ALL] != threshold
+    with pytest.raises(ModelLoadError, match=r"bundle .*copy: manifest.json was modified after saving"):
+        mb.load(copy)
+    with pytest.raises(ModelLoadError, match="modified after saving"):
+        mb.promote(copy, tmp_path / "models")  # promote verifies by loading: refused
+    assert not (tmp_path / "models" / "current").exists()
+    # `lo2 models list` shows it as unreadable instead of printing the forged threshold
+    listed = {p.name: error for p, _, error in mb.list_bundles(tmp_path)}
+    assert listed["copy"] is not None and "modified after saving" in listed["copy"]
+
+
+def test_tampered_feature_name_in_manifest_fails_loudly(saved: Path) -> None:
+    name = json.loads((saved / "manifest.json").read_text())["feature_spec"]["feature_names"][0]
+    _edit_manifest_text(saved, json.dumps(name), json.dumps(name + "_x"))
+    with pytest.raises(ModelLoadError, match="modified after saving"):
+        mb.load(saved)
+
+
+def test_reordered_but_equal_manifest_still_loads(saved: Path) -> None:
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+
+    def reverse(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: reverse(value[k]) for k in reversed(list(value))}
+        return value
+
+    reordered = reverse(manifest)
+    text = json.dumps(reordered, indent=4)
+    assert text != path.read_text() and list(reordered)[0] == mb.MANIFEST_SHA256  # really re-ordered
+    path.write_text(text)
+    loaded = mb.load(saved)
+    assert loaded.thresholds == {k: float(v) for k, v in manifest["thresholds"].items()}
+
+
+def test_manifest_without_checksum_from_older_code_loads_with_a_warning(
+    saved: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest[mb.MANIFEST_SHA256]
+    path.write_text(json.dumps(manifest, indent=2))
+    with caplog.at_level("WARNING", logger="shared.bundle"):
+        mb.load(saved)
+    assert any("has no manifest_sha256" in r.getMessage() and "Re-train or re-save" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_manifest_checksum_of_wrong_type_fails_loudly(saved: Path) -> None:
+    path = saved / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest[mb.MANIFEST_SHA256] = 12
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="must be a hex string"):
+        mb.load(saved)
+
+
+def test_worker_hot_reload_refuses_a_tampered_manifest(saved: Path, tmp_path: Path) -> None:
+    from worker.scoring import LoadedModel, ModelWatcher
+    from worker.telemetry import WorkerMetrics
+
+    models = tmp_path / "live"
+    good = Path(shutil.copytree(saved, models / "good"))
+    mb.promote(good, models)
+    metrics = WorkerMetrics.create()
+    watcher = ModelWatcher(models, metrics, follow_current=True)
+    model = watcher.load_initial()
+    forged = Path(shutil.copytree(good, models / "forged"))
+    _edit_manifest_text(forged, '"threshold_quantile": ', '"threshold_quantile": 0.5, "x": ')
+    (models / "current").unlink()
+    os.symlink("forged", models / "current")  # as a promote that skipped verification would
+    assert watcher.check(model) is None  # the running model stays
+    assert metrics.registry.get_sample_value("lo2_worker_model_reloads_total", {"result": "failed"}) == 1
+    # an untampered bundle promoted afterwards is hot-reloaded as before
+    second = Path(shutil.copytree(good, models / "second"))
+    mb.promote(second, models)
+    new = watcher.check(model)
+    assert isinstance(new, LoadedModel) and new.version == "second"
+
+
+def test_resolve_says_when_a_folder_is_not_a_bundle(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models"
+    (model_dir / "if-y").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=r"models/if-y is a folder but not a model bundle: it has no manifest.json"):
+        mb.resolve(model_dir, "if-y")
+    with pytest.raises(ModelLoadError, match="not found as a path or under"):
+        mb.resolve(model_dir, "if-z")

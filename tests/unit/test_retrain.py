@@ -107,7 +107,14 @@ def test_nightly_retrain_promotes_only_better_challengers(
     #    `current` pointer may appear; next to the real champion, `current` stays where it was.
     dry_cfg = RetrainConfig(model="if", seed=43, fractions=FRACTIONS, dry_run=True)
     dry = retrain(events, dry_cfg, tmp_path / "dry")
-    assert dry.promoted and _record(dry.record_path)["dry_run"] is True
+    # it says "would promote" everywhere: the decision, the record and its file name, never "promoted"
+    assert not dry.promoted and dry.decision == "would_promote" and dry.exit_code == EXIT_PROMOTED
+    dry_record = _record(dry.record_path)
+    assert dry_record["dry_run"] is True and dry_record["promoted"] is False
+    assert dry_record["decision"] == "would_promote" and dry_record["current"] is None
+    assert dry.record_path is not None and dry.record_path.name.endswith("-would_promote.json")
+    assert "dry run" in dry.reason
+    assert Path(dry.challenger.path or "").is_dir()  # kept, so it can be promoted by hand
     assert not (tmp_path / "dry" / "current").exists()
     dry_next_to_champion = retrain(events, dry_cfg, tmp_path)
     assert _record(dry_next_to_champion.record_path)["dry_run"] is True
@@ -150,3 +157,24 @@ def test_cli_exit_codes(events: pl.DataFrame, tmp_path: Path) -> None:
     # same data, same seed: identical challenger, not better by the margin -> champion kept
     assert main([*args, "--margin", "0.01"]) == EXIT_KEPT
     assert main([*args, "--model", "nope"]) == 2
+
+
+def test_cli_dry_run_says_would_promote_and_switches_nothing(
+    events: pl.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from lo2.cli import main
+
+    path = tmp_path / "events.parquet"
+    events.write_parquet(path)
+    model_dir = tmp_path / "models"
+    with caplog.at_level("INFO", logger="batch.retrain"):
+        rc = main(["retrain", "--input", str(path), "--model-dir", str(model_dir), "--seed", "42",
+                   "--fractions", "0.5,0.25,0.25", "--dry-run"])
+    assert rc == EXIT_PROMOTED  # documented: with --dry-run, 0 = would promote
+    out = " ".join(capsys.readouterr().out.split())
+    assert "would promote:" in out and "promoted:" not in out
+    assert not (model_dir / "current").exists()
+    records = [p.name for p in (model_dir / "decisions").iterdir()]
+    assert len(records) == 1 and records[0].endswith("-would_promote.json")
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name == "batch.retrain")
+    assert "retrain: would promote" in logged and "retrain: promoted" not in logged

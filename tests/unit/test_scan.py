@@ -110,3 +110,24 @@ def test_cli_dry_run_prints_and_output_writes(explain_dir: Path, tmp_path: Path,
 def test_scan_of_missing_folder_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope"):
         scan(tmp_path / "nope")
+
+
+def test_empty_folder_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = scan(empty)
+    assert not result.complete
+    md = render_markdown(result)
+    line = next(x for x in md.splitlines() if x.startswith("- Required artefacts:"))
+    assert "all present" not in line
+    assert "explain_manifest.json is missing" in line and "no model artefacts found" in line
+    assert main(["scan", "--explain-dir", str(empty)]) == 0  # without --strict: report only
+    assert "explain_manifest.json is missing; no model artefacts found" in capsys.readouterr().out
+    assert main(["scan", "--explain-dir", str(empty), "--strict"]) == 1
+
+
+def test_missing_manifest_is_named_in_required_artefacts(explain_dir: Path) -> None:
+    (explain_dir / "explain_manifest.json").unlink()
+    line = next(x for x in render_markdown(scan(explain_dir)).splitlines() if x.startswith("- Required artefacts:"))
+    # the manifest first, then the per-model files (without nn_models every model needs an NN mapping)
+    assert line == "- Required artefacts: **explain_manifest.json is missing; 1 missing**"
