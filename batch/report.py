@@ -241,7 +241,13 @@ def _main_columns(result: EvaluationResult) -> list[tuple[str, str, bool]]:
 
 
 def _table_rows(result: EvaluationResult, label: str, service: str) -> tuple[list[str], list[list[str]]]:
-    header = ["model"]
+    """The main table of one label and pooled group, with the scored test sequences per row.
+
+    Why the counts: with --per-service, a model whose fit failed for some services is scored only on
+    the others (e.g. 35 test sequences next to the IsolationForest's 49); without the counts those
+    rows looked comparable.  "positives" are the anomalous ones under ``label``.
+    """
+    header = ["model", "test seqs", "positives"]
     for name, _, canary in _main_columns(result):
         header.append(name)
         if canary:
@@ -249,13 +255,29 @@ def _table_rows(result: EvaluationResult, label: str, service: str) -> tuple[lis
     body = []
     rows: list[ResultRow] = [r for r in result.rows if r.label == label and r.service == service]
     for r in rows:
-        line = [_model_title(r.model)]
+        line = [_model_title(r.model), str(r.n_test), str(r.n_anomalous)]
         for _, metric, canary in _main_columns(result):
             line.append(_cell(r.metrics.get(metric)))
             if canary:
                 line.append(_cell(r.canary.get(metric)))
         body.append(line)
     return header, body
+
+
+def sizes_note(result: EvaluationResult, label: str, service: str) -> str | None:
+    """A warning when the rows of one main table were scored on different test sequences, else None.
+
+    Metrics on different sequence sets (and a canary column from another set than its row) are
+    not directly comparable; `lo2 evaluate` prints the same note under its table.
+    """
+    sizes = {(r.n_test, r.n_anomalous) for r in result.rows if r.label == label and r.service == service}
+    if len(sizes) <= 1:
+        return None
+    return (
+        "Rows differ in the number of scored test sequences (test seqs / positives), e.g. where a model's "
+        "fit failed for some services (see the failures) and it is scored only on the others: compare "
+        "rows of equal size; a canary column comes from the canary row's own sequences."
+    )
 
 
 def _service_table(result: EvaluationResult, label: str) -> tuple[list[str], list[list[str]]]:
@@ -327,6 +349,8 @@ def _blocks(result: EvaluationResult, figures: dict[tuple[str, str], Path]) -> l
         b.append(("h2", f"Label: {LABEL_TITLES.get(label, label)}"))
         b.append(("h3", "All services"))
         b.append(("table", _table_rows(result, label, ALL)))
+        if size_note := sizes_note(result, label, ALL):
+            b.append(("p", size_note))
         if any(r.label == label and r.service == TARGETED for r in result.rows):
             b.append(("h3", "Services an error case targets (" + ", ".join(result.targeted_services) + ")"))
             b.append(
@@ -338,6 +362,8 @@ def _blocks(result: EvaluationResult, figures: dict[tuple[str, str], Path]) -> l
                 )
             )
             b.append(("table", _table_rows(result, label, TARGETED)))
+            if size_note := sizes_note(result, label, TARGETED):
+                b.append(("p", size_note))
         b.append(("h3", "ROC-AUC per service (* = targeted by a test error case)"))
         b.append(("table", _service_table(result, label)))
         for kind, title in (

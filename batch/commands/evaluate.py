@@ -26,6 +26,36 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+def _ks(text: str) -> tuple[int, ...]:
+    """``--report-precision-at``: comma-separated k, parsed with ``int`` like `lo2 train`'s flag; 0 = skip.
+
+    An argparse type, so a typo is the usual one-line usage error (exit 2) instead of a traceback,
+    and a negative k is refused rather than silently dropped with the zeros.
+    """
+    try:
+        ks = [int(x) for x in _csv(text)]
+    except ValueError:
+        msg = f"expected comma-separated integers k >= 0 (0 = skip), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if any(k < 0 for k in ks):
+        msg = f"expected comma-separated integers k >= 0 (0 = skip), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return tuple(k for k in ks if k > 0)
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    """``--report-fp-alpha``: comma-separated α, parsed with ``float`` like `lo2 train`'s flag; 0 = skip."""
+    try:
+        alphas = [float(x) for x in _csv(text)]
+    except ValueError:
+        msg = f"expected comma-separated fractions α in (0, 1] (0 = skip), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if any(not 0.0 <= a <= 1.0 for a in alphas):  # also refuses nan
+        msg = f"expected comma-separated fractions α in (0, 1] (0 = skip), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return tuple(a for a in alphas if a > 0)
+
+
 def percentile_to_quantile(value: float) -> float:
     """The reference's rule: values <= 1 are fractions (0.995), larger ones percentiles (99.5)."""
     q = value if value <= 1.0 else value / 100.0
@@ -63,11 +93,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="one detector and threshold per service (pooled results then rank score minus service threshold)",
     )
     models.add_argument("--if-n-estimators", type=int, default=None, help="IsolationForest trees (default 200)")
-    models.add_argument("--if-max-samples", default=None, help="IsolationForest max_samples: 'auto' or an integer")
+    models.add_argument(
+        "--if-max-samples", default=None, help="IsolationForest max_samples: 'auto' or a positive integer"
+    )
     models.add_argument(
         "--if-contamination",
         default=None,
-        help="IsolationForest contamination ('auto' or a fraction); it does not change scores or metrics here",
+        help="IsolationForest contamination ('auto' or a fraction in (0, 0.5]); it does not change scores or "
+        "metrics here",
     )
     ev = parser.add_argument_group("evaluation")
     ev.add_argument(
@@ -97,10 +130,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(values <= 1 are fractions: 0.995 = 99.5; default 99)",
     )
     ev.add_argument(
-        "--report-precision-at", default="10", help="comma-separated k for Precision@k (default 10; 0 = skip)"
+        "--report-precision-at",
+        type=_ks,
+        default="10",
+        help="comma-separated k for Precision@k (default 10; 0 = skip)",
     )
     ev.add_argument(
-        "--report-fp-alpha", default="0.01", help="comma-separated α for FP-rate@α (default 0.01; 0 = skip)"
+        "--report-fp-alpha",
+        type=_alphas,
+        default="0.01",
+        help="comma-separated α in (0, 1] for FP-rate@α (default 0.01; 0 = skip)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -115,16 +154,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    params: dict[str, Any] = {}
-    if args.if_n_estimators is not None:
-        params["n_estimators"] = args.if_n_estimators
-    if args.if_max_samples is not None:
-        ms = args.if_max_samples
-        params["max_samples"] = int(ms) if str(ms).isdigit() else (float(ms) if ms != "auto" else "auto")
-    if args.if_contamination is not None:
-        c = args.if_contamination
-        params["contamination"] = c if c == "auto" else float(c)
-    return {"if": params} if params else {}
+    """The ``--if-*`` values the user gave, checked by `lo2 train`'s parser (ConfigError, exit 2).
+
+    Checked up front: ``--if-n-estimators 0`` or ``--if-contamination 0.9`` used to reach the
+    IsolationForest only after featurizing, fail there, be listed as "failed: if" and exit 0.
+    Flags left out stay out, so the registry's defaults apply to them.
+    """
+    from batch.commands._flags import if_params
+
+    given = {
+        name: value
+        for name, value in (
+            ("n_estimators", args.if_n_estimators),
+            ("max_samples", args.if_max_samples),
+            ("contamination", args.if_contamination),
+        )
+        if value is not None
+    }
+    if not given:
+        return {}
+    checked = if_params(
+        argparse.Namespace(
+            if_n_estimators=given.get("n_estimators", 200),
+            if_max_samples=given.get("max_samples", "auto"),
+            if_contamination=given.get("contamination", "auto"),
+        )
+    )
+    return {"if": {name: checked[name] for name in given}}
 
 
 def _default_events(settings: Settings) -> Path:
@@ -180,8 +236,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             services=tuple(_csv(args.services)) or None,
             fractions=args.fractions,
             split_order=args.split_order,
-            precision_at=tuple(k for k in (int(x) for x in _csv(args.report_precision_at)) if k > 0),
-            fp_alphas=tuple(a for a in (float(x) for x in _csv(args.report_fp_alpha)) if a > 0),
+            precision_at=args.report_precision_at,
+            fp_alphas=args.report_fp_alpha,
             threshold_quantile=percentile_to_quantile(args.if_threshold_percentile),
             model_params=_model_params(args),
             per_service=args.per_service,
@@ -211,19 +267,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             paths["report"] = report.markdown
             paths["html"] = report.html
     except (Lo2Error, argparse.ArgumentTypeError) as exc:
-        console.print(f"[red]evaluate failed:[/] {exc}")
+        from rich.markup import escape
+
+        # one line however narrow the terminal; "[xgboost]" in a message is text, not markup
+        console.print(f"[red]evaluate failed:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
+    from batch.report import sizes_note
+
     for label, group in ((lb, g) for lb in config.labels for g in ev.POOLED_GROUPS):
         if not any(r.label == label and r.service == group for r in result.rows):
             continue
         what = "all services" if group == ev.ALL else "targeted services (" + ", ".join(result.targeted_services) + ")"
         table = Table(title=f"{label}: {what} (test runs, mean ± std over {len(config.seeds)} seeds)")
-        for col in ("model", "ROC-AUC", "canary ROC-AUC", "PR-AUC", "F1", "alert rate"):
-            table.add_column(col)
+        # scored test sequences (anomalous ones): with --per-service a model whose fit failed for
+        # some services is scored on fewer sequences than the others in this table
+        table.add_column("model", no_wrap=True)  # whole keys: "sequence_…" named two models on 80 columns
+        for col in ("test seqs (pos.)", "ROC-AUC", "canary ROC-AUC", "PR-AUC", "F1", "alert rate"):
+            table.add_column(col, overflow="fold")  # narrow terminal: wrap, never cut a value to "…"
         for r in result.rows:
             if r.label == label and r.service == group:
                 table.add_row(
                     r.model,
+                    f"{r.n_test} ({r.n_anomalous})",
                     r.metrics["roc_auc"].text(),
                     r.canary.get("roc_auc", ev.MetricSummary.of([])).text(),
                     r.metrics["pr_auc"].text(),
@@ -231,6 +296,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     r.metrics["alert_rate"].text(),
                 )
         console.print(table)
+        if size_note := sizes_note(result, label, group):
+            console.print(f"[yellow]note:[/] {size_note}")
     for f in result.failures:
         console.print(f"[yellow]failed:[/] {f.model} ({f.label}, seed {f.seed}): {f.error}")
     for name, p in paths.items():

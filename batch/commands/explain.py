@@ -58,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--load-model", default="current",
-        help="bundle of the main model (IsolationForest): a bundle name, a path, or 'current' (default)",
+        help="bundle of the main model (normally the IsolationForest): a bundle name, a path, or 'current' (default)",
     )
     parser.add_argument(
         "--sup-models", default="",
@@ -99,9 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="search among at most N training normals, sampled at random (0 = all)",
     )
     parser.add_argument(
-        "--nn-source", default="if",
+        "--nn-source", default=None,
         help="model(s) whose flagged sequences get a nearest-normal mapping: a model key, a comma list, "
-        "'all' or 'none' (default: if)",
+        "'all' or 'none' (default: if when the IsolationForest is explained, else the first explained model)",
     )
     parser.add_argument("--nn-neighbours", type=int, default=3, help="nearest normals per flagged sequence (k)")
     parser.add_argument(
@@ -142,6 +142,34 @@ def _print_models(model_dir: Path) -> None:
     console.print(table)
     for key, spec in REGISTRY.items():
         console.print(f"{key} ({spec.input_kind}): {spec.description}")
+
+
+def nn_models(nn_source: str | None, keys: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """The models whose flagged sequences get nearest normals, and a note when the default chose them.
+
+    Why a default that depends on the models: a fixed ``if`` failed whenever the IsolationForest was
+    not explained (``--skip-if``, or ``--load-model`` of another model's bundle), so every such run
+    needed ``--nn-source`` spelled out.  An explicit value is still checked against ``keys``.
+    """
+    from shared.errors import ConfigError
+
+    if nn_source is None:
+        if not keys:
+            return (), None
+        chosen = "if" if "if" in keys else keys[0]
+        how = "the IsolationForest" if chosen == "if" else "the first explained model; the IsolationForest is not explained"
+        return (chosen,), f"nearest normals for {chosen} ({how}; choose with --nn-source)"
+    nn = nn_source.strip()
+    if nn == "all":
+        return tuple(keys), None
+    if nn == "none":
+        return (), None
+    chosen_keys = tuple(k.strip() for k in nn.split(","))
+    unknown = [k for k in chosen_keys if k not in keys]
+    if unknown:
+        msg = f"--nn-source {nn!r}: {unknown} not among the explained models {keys} (or use 'all' / 'none')"
+        raise ConfigError(msg)
+    return chosen_keys, None
 
 
 def _resolve_model(model_dir: Path, ref: str) -> Path:
@@ -282,6 +310,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if not loaded or split is None:
                 msg = "nothing to explain: --skip-if without --sup-models"
                 raise ConfigError(msg)
+            # checked before featurizing: a wrong --nn-source fails at once, not after the models ran
+            nn_keys, nn_note = nn_models(args.nn_source, [b.model_key for b in loaded])
+            if nn_note:
+                console.print(nn_note, soft_wrap=True)
             for b in loaded:
                 X, names = model_input(b.feature_spec, b.input_kind, b)
                 mi = ModelInput(b.model_key, b.name or "retrained here (--retrain)", dict(b.detectors),
@@ -305,20 +337,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     canary = ModelInput("canary", "fitted here (baseline)", {"all": det}, {"all": float(thr)}, Xc, cnames)
                 else:
                     logger.warning("canary baseline skipped: %s", thr.reason)
-            nn = args.nn_source.strip()
-            keys = [m.key for m in models]
-            nn_models = tuple(keys) if nn == "all" else () if nn == "none" else tuple(k.strip() for k in nn.split(","))
-            unknown = [k for k in nn_models if k not in keys]
-            if unknown:
-                msg = f"--nn-source {nn!r}: {unknown} not among the explained models {keys}"
-                raise ConfigError(msg)
             config = ExplainConfig(
                 label=args.label, shap_sample=args.shap_sample, shap_background=args.shap_background,
                 nn_top_k=args.nn_top_k, nn_normal_sample=args.nn_normal_sample, nn_neighbours=args.nn_neighbours,
-                nn_models=nn_models, max_list_entries=args.max_list_entries, evidence_lines=args.evidence_lines,
+                nn_models=nn_keys, max_list_entries=args.max_list_entries, evidence_lines=args.evidence_lines,
                 seed=seed,
             )
             params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
+            params["nn_source"] = ",".join(nn_keys) if args.nn_source is None else args.nn_source  # the one used
             manifest = explain_all(
                 models, ExplainData(meta, events, split.fingerprint), config, out_dir,
                 canary=canary, params=params, progress=say,

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from shared.bundle import ModelBundle
     from shared.settings import Settings
 
+from batch.commands._flags import if_params as _if_params  # shared with `lo2 evaluate`
+
 log = logging.getLogger(__name__)
 
 #: The reference's default registry selection for --phase full.
@@ -59,7 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="enhancers = featurize only; if = stop after the IsolationForest; "
                         "full = IsolationForest plus --models (default)")
     parser.add_argument("--models", default=DEFAULT_MODELS,
-                        help=f"comma-separated registry keys trained in --phase full (default: {DEFAULT_MODELS})")
+                        help="comma-separated registry keys trained in --phase full, or 'all' (every key "
+                        f"usable in this environment, as `lo2 evaluate --models all`; default: {DEFAULT_MODELS})")
     parser.add_argument("--list-models", action="store_true", help="print the registry keys and exit")
     parser.add_argument("--sample-seed", type=int, default=None,
                         help="seed of models and splits (default: settings seed, LO2_SEED)")
@@ -99,15 +102,60 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="save every trained model as a bundle <DIR>/<key>-<UTC time> "
                      "(DIR default: settings model_dir)")
     out.add_argument("--promote", action="store_true",
-                     help="with --save-model: point `current` at the IsolationForest bundle")
+                     help="point `current` at the saved IsolationForest bundle; requires --save-model "
+                     "(rejected without it, exit 2)")
     out.add_argument("--load-model", default=None, metavar="BUNDLE",
-                     help="score with a saved bundle (path, name under model_dir, or 'current'); never refits")
+                     help="score with a saved bundle (path, name under model_dir, or 'current'); never refits; "
+                     "cannot be combined with --save-model or --promote")
     out.add_argument("--dump-metadata", action="store_true",
-                     help="print each bundle's manifest and write it as <artifacts>/train/<bundle>.manifest.json")
+                     help="print each bundle's manifest and write it as <artifacts>/train/<bundle>.manifest.json; "
+                     "needs --save-model or --load-model")
     out.add_argument("--save-enhancers", action="store_true",
                      help="write the featurized sequences to <artifacts>/train/features.parquet")
     out.add_argument("--predictions-dir", type=Path, default=None,
                      help="where <key>_predictions.parquet go (default: <settings artifacts_dir>/train)")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Reject flag combinations that would be ignored, before reading or featurizing anything.
+
+    Why up front: ``--dump-metadata`` without a bundle used to fail only after the whole training
+    ran, and ``--promote`` without ``--save-model`` or ``--save-model`` with ``--load-model`` were
+    silently ignored (exit 0), so a user believed a model was saved or promoted when it was not.
+    """
+    from shared.errors import ConfigError
+
+    if args.load_model is not None and args.save_model is not None:
+        msg = ("--load-model scores an existing bundle and never trains, so there is nothing for --save-model "
+               "to save; drop one of them")
+        raise ConfigError(msg)
+    if args.promote and args.save_model is None:
+        msg = ("--promote needs --save-model (only a saved bundle can be promoted); add --save-model, "
+               "or promote an existing bundle with `lo2 models promote NAME`")
+        raise ConfigError(msg)
+    if args.dump_metadata and args.save_model is None and args.load_model is None:
+        msg = "--dump-metadata needs --save-model or --load-model (the manifest belongs to a saved bundle)"
+        raise ConfigError(msg)
+
+
+def _model_keys(args: argparse.Namespace, console: Any) -> list[str]:
+    """The models to train: IF alone (--phase if), IF plus --models (full), none (enhancers).
+
+    ``--models all`` means every registry key, as in ``lo2 evaluate``; keys whose optional extra is
+    not installed are skipped with a note (naming such a key explicitly is an error instead).
+    """
+    from batch.registry import REGISTRY, available, parse_model_keys
+
+    if args.phase == "if":
+        return ["if"]
+    if args.phase != "full":
+        return []
+    if args.models.strip() == "all":
+        skipped = [key for key, spec in REGISTRY.items() if not available(spec)]
+        if skipped:
+            console.print(f"--models all: skipping {', '.join(skipped)} (optional package not installed)")
+        return list(dict.fromkeys(["if", *(key for key in REGISTRY if key not in skipped)]))
+    return list(dict.fromkeys(["if", *parse_model_keys(args.models)]))
 
 
 def _read_events(args: argparse.Namespace, settings: Settings) -> pl.LazyFrame:
@@ -146,31 +194,6 @@ def _ensure(path: Path) -> Path:
 
 def _seed(args: argparse.Namespace, settings: Settings) -> int:
     return int(args.sample_seed if args.sample_seed is not None else settings.seed)
-
-
-def _if_params(args: argparse.Namespace) -> dict[str, Any]:
-    from shared.errors import ConfigError
-
-    contamination: float | str = args.if_contamination
-    if contamination != "auto":
-        try:
-            contamination = float(contamination)
-        except ValueError:
-            msg = f"--if-contamination {args.if_contamination!r}: expected 'auto' or a fraction in (0, 0.5]"
-            raise ConfigError(msg) from None
-        if not 0.0 < contamination <= 0.5:
-            msg = f"--if-contamination {contamination}: expected 'auto' or a fraction in (0, 0.5]"
-            raise ConfigError(msg)
-    max_samples: int | str = args.if_max_samples
-    if max_samples != "auto":
-        if not str(max_samples).isdigit() or int(max_samples) < 1:
-            msg = f"--if-max-samples {args.if_max_samples!r}: expected 'auto' or a positive integer"
-            raise ConfigError(msg)
-        max_samples = int(max_samples)
-    if args.if_n_estimators < 1:
-        msg = f"--if-n-estimators {args.if_n_estimators}: expected >= 1"
-        raise ConfigError(msg)
-    return {"n_estimators": args.if_n_estimators, "max_samples": max_samples, "contamination": contamination}
 
 
 def _print_models() -> None:
@@ -257,7 +280,7 @@ def _load_and_score(args: argparse.Namespace, settings: Settings, events: pl.Laz
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from batch.registry import parse_model_keys, require_available
+    from batch.registry import require_available
     from batch.train import (
         Featurized,
         TrainConfig,
@@ -278,12 +301,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         _print_models()
         return 0
     try:
+        _check_flags(args)
+        if args.load_model is None:
+            models = _model_keys(args, console)
+            require_available(models)
         events = _read_events(args, settings)
         if args.load_model is not None:
             return _load_and_score(args, settings, events)
-        models = ["if"] if args.phase == "if" else (["if", *parse_model_keys(args.models)] if args.phase == "full" else [])
-        models = list(dict.fromkeys(models))
-        require_available(models)
         test = args.test_fraction
         val = args.if_holdout_fraction
         if not (0.05 <= val < 1 and 0.05 <= test < 1 and val + test < 0.95):
@@ -348,9 +372,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if args.promote and "if" in bundles:
                 promote(bundles["if"].path or target, target)
                 console.print(f"promoted {bundles['if'].path} as {target / 'current'}")
-        elif args.dump_metadata:
-            msg = "--dump-metadata needs --save-model (the manifest is written when the bundle is saved)"
-            raise ConfigError(msg)
         return 0
     except Lo2Error as exc:
         from rich.markup import escape

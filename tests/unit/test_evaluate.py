@@ -295,3 +295,46 @@ def test_evaluate_keeps_its_error_for_an_undefined_threshold() -> None:
     spec = ModelSpec("tied", "first column", "numeric", False, lambda _seed, _p: _FirstColumn())
     with pytest.raises(ValueError, match=r"cannot calibrate a threshold: .*\(validation runs\)"):
         _fit_and_score(spec, data, "anomaly", 1, EvaluationConfig(models=(), seeds=(1,)))
+
+
+def test_report_tables_show_scored_sequences_per_row(result: EvaluationResult, tmp_path: Path) -> None:
+    """Rows scored on different test sequences (per-service fits that failed for some services) sat
+    side by side without saying so; each main-table row now carries its test sequences and positives,
+    and a note appears under a table whose rows differ."""
+    import dataclasses
+
+    from batch.report import _table_rows, sizes_note, write_report
+
+    header, body = _table_rows(result, "anomaly_service", ALL)
+    assert header[:3] == ["model", "test seqs", "positives"]
+    rows = [r for r in result.rows if r.label == "anomaly_service" and r.service == ALL]
+    assert [line[1:3] for line in body] == [[str(r.n_test), str(r.n_anomalous)] for r in rows]
+    assert all(r.n_test > r.n_anomalous > 0 for r in rows)
+    assert sizes_note(result, "anomaly_service", ALL) is None  # pooled models: all rows on the same sequences
+    # one row scored on fewer sequences, as when its fit failed for a service
+    shrunk = dataclasses.replace(rows[-1], n_test=rows[-1].n_test - 7, n_anomalous=rows[-1].n_anomalous - 1)
+    changed = dataclasses.replace(result, rows=[shrunk if r is rows[-1] else r for r in result.rows])
+    _, body = _table_rows(changed, "anomaly_service", ALL)
+    assert body[-1][1:3] == [str(shrunk.n_test), str(shrunk.n_anomalous)]
+    note = sizes_note(changed, "anomaly_service", ALL)
+    assert note is not None and "differ in the number of scored test sequences" in note
+    md = write_report(changed, tmp_path).markdown.read_text()
+    assert "| test seqs | positives |" in md and note in md
+
+
+def test_cli_table_shows_scored_sequences_when_per_service_rows_differ(
+    events_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lo2.cli import main
+
+    code = main(["evaluate", "--input", str(events_path), "--models", "if,sequence_lr_numeric", "--seeds", "1",
+                 "--label", "service", "--per-service", "--out", str(tmp_path), "--no-report"])
+    assert code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    rows = [r for r in read_results(tmp_path).rows if r.service == ALL]
+    sizes = {r.model: (r.n_test, r.n_anomalous) for r in rows}
+    # the supervised models cannot be fitted for services no test error targets: fewer sequences than IF
+    assert sizes["sequence_lr_numeric"][0] < sizes["if"][0]
+    for r in rows:
+        assert f"{r.n_test} ({r.n_anomalous})" in out
+    assert "note: Rows differ in the number of scored test sequences" in out

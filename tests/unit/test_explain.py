@@ -452,3 +452,70 @@ def test_explain_leaves_out_services_a_per_service_bundle_lacks(
     other = ModelInput("event_lr_words", "w-b", {"key": pooled}, {"key": 0.6}, X, names)
     with pytest.raises(ConfigError, match="no service is covered by every model"):
         explain_all([models[1], other], ExplainData(meta, None, "fp"), ExplainConfig(nn_models=()), tmp_path)
+
+
+def test_nn_source_default_follows_the_explained_models() -> None:
+    """The default was a fixed 'if', so explaining without the IsolationForest (--skip-if, or a
+    --load-model of another model) failed unless --nn-source was spelt out."""
+    from batch.commands.explain import nn_models
+
+    assert nn_models(None, ["if", "sequence_lr_numeric"]) == (("if",), "nearest normals for if (the IsolationForest; choose with --nn-source)")
+    keys, note = nn_models(None, ["sequence_lr_numeric", "event_lr_words"])
+    assert keys == ("sequence_lr_numeric",)
+    assert note is not None and "sequence_lr_numeric (the first explained model" in note
+    assert nn_models("all", ["if", "event_lr_words"]) == (("if", "event_lr_words"), None)
+    assert nn_models("none", ["if"]) == ((), None)
+    assert nn_models(" event_lr_words ", ["if", "event_lr_words"]) == (("event_lr_words",), None)
+    with pytest.raises(ConfigError, match=r"--nn-source 'if': \['if'\] not among the explained models \['sequence_lr_numeric'\]"):
+        nn_models("if", ["sequence_lr_numeric"])
+
+
+@pytest.fixture(scope="module")
+def lr_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small generated dataset and a saved sequence_lr_numeric bundle (no IsolationForest bundle)."""
+    from batch.generate import GenerateConfig, generate
+    from batch.train import TrainConfig, train
+    from lo2.cli import main
+
+    base = tmp_path_factory.mktemp("explain_nn")
+    generate(GenerateConfig(out=base / "runs", runs=6, errors_per_run=4, seed=11, aux_files=False))
+    assert main(["load", "--root", str(base / "runs"), "--output-dir", str(base / "parquet")]) == 0
+    import polars as pl
+
+    result = train(pl.read_parquet(base / "parquet" / "events.parquet"),
+                   TrainConfig(models=("sequence_lr_numeric",), seed=3))
+    result.bundles["sequence_lr_numeric"].save(base / "models" / "lr-test")
+    return {"parquet": base / "parquet", "models": base / "models"}
+
+
+def _explain(paths: dict[str, Path], out: Path, *flags: str) -> int:
+    from lo2.cli import main
+
+    return main(["explain", "--root", str(paths["parquet"]), "--model-dir", str(paths["models"]), "--out", str(out),
+                 "--shap-sample", "10", "--nn-normal-sample", "100", "--max-list-entries", "5", *flags])
+
+
+def test_explain_a_non_if_bundle_with_the_default_nn_source(
+    lr_bundle: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flags in (("--load-model", "lr-test"), ("--skip-if", "--sup-models", "sequence_lr_numeric")):
+        out = tmp_path / flags[0].strip("-")
+        assert _explain(lr_bundle, out, *flags) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert "nearest normals for sequence_lr_numeric (the first explained model" in err
+        manifest = json.loads((out / "explain_manifest.json").read_text())
+        assert manifest["nn_models"] == ["sequence_lr_numeric"]
+        assert manifest["params"]["nn_source"] == "sequence_lr_numeric"
+        assert (out / "sequence_lr_numeric_nn_mapping.csv").is_file()
+
+
+def test_explain_rejects_an_explicit_nn_source_that_is_not_explained(
+    lr_bundle: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _explain(lr_bundle, tmp_path / "x", "--load-model", "lr-test", "--nn-source", "if") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (
+        "lo2 explain: --nn-source 'if': ['if'] not among the explained models ['sequence_lr_numeric'] "
+        "(or use 'all' / 'none')"
+    )
+    assert "Traceback" not in err and not (tmp_path / "x").exists()

@@ -297,3 +297,170 @@ def test_services_flag_takes_spaces_or_commas(events_file: Path, settings: Setti
                 settings) == 0
     features = pl.read_parquet(settings.artifacts_dir / "train" / "features.parquet")
     assert set(features["service"].unique().to_list()) == {"token", "client"}
+
+
+# --- flag combinations rejected before any work; --models all; tampered bundle manifests -------
+
+
+@pytest.fixture()
+def no_featurize(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any featurization fails the test: the flag checks must come before reading the data."""
+    import batch.train
+
+    def featurize(*_a: object, **_k: object) -> None:
+        raise AssertionError("a bad flag combination must be rejected before featurization")
+
+    monkeypatch.setattr(batch.train, "featurize", featurize)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--promote"], "--promote needs --save-model"),
+        (["--dump-metadata"], "--dump-metadata needs --save-model or --load-model"),
+        (["--load-model", "current", "--save-model"], "--load-model scores an existing bundle"),
+        (["--load-model", "current", "--save-model", "--promote"], "--load-model scores an existing bundle"),
+    ],
+)
+def test_ignored_flag_combinations_are_rejected_up_front(
+    events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str], no_featurize: None,
+    extra: list[str], expected: str,
+) -> None:
+    assert _run(["--input", str(events_file), "--phase", "if", *extra], settings) == 2
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert expected in out
+    assert not settings.model_dir.exists()  # nothing saved, nothing promoted
+
+
+def test_models_all_is_accepted_as_in_evaluate(
+    events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import batch.train
+    from batch.registry import REGISTRY, available
+    from shared.errors import ConfigError
+
+    args = argparse.Namespace(phase="full", models=" all ")
+    usable = [key for key, spec in REGISTRY.items() if available(spec)]
+    assert train_cmd._model_keys(args, Console(record=True)) == usable  # every usable key, `if` first, once
+    assert usable[0] == "if" and len(usable) > 10
+
+    def featurize(*_a: object, **_k: object) -> None:
+        raise ConfigError("stop: featurization reached")  # training all 16 models is not needed here
+
+    monkeypatch.setattr(batch.train, "featurize", featurize)
+    assert _run(["--input", str(events_file), "--models", "all"], settings) == 2
+    out = capsys.readouterr().out
+    assert "stop: featurization reached" in out and "unknown model key" not in out
+
+
+def test_models_all_skips_keys_whose_extra_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from rich.console import Console
+
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # as if xgboost were not installed
+    console = Console(record=True, width=200)
+    keys = train_cmd._model_keys(argparse.Namespace(phase="full", models="all"), console)
+    assert "event_xgb_words" not in keys and "if" in keys
+    assert "skipping event_xgb_words" in console.export_text()
+
+
+def test_tampered_manifest_is_refused_by_load_model_verify_and_promote(
+    events_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import shutil
+
+    assert _run(["--input", str(events_file), "--phase", "if", "--if-n-estimators", "20", "--save-model"],
+                settings) == 0
+    (bundle,) = [p for p in settings.model_dir.iterdir() if p.name.startswith("if-")]
+    copy = Path(shutil.copytree(bundle, settings.model_dir / "if-copy"))
+    path = copy / "manifest.json"
+    threshold = json.loads(path.read_text())["thresholds"]["all"]
+    text = path.read_text()
+    assert f'"all": {json.dumps(threshold)}' in text
+    path.write_text(text.replace(f'"all": {json.dumps(threshold)}', '"all": -1000.0', 1))
+    capsys.readouterr()
+    assert _run(["--input", str(events_file), "--load-model", str(copy)], settings) == 2
+    assert "modified after saving" in " ".join(capsys.readouterr().out.split())
+    assert _models(["verify", "if-copy"], settings) == 1
+    assert "modified after saving" in " ".join(capsys.readouterr().out.split())
+    assert _models(["promote", "if-copy"], settings) == 1
+    assert "modified after saving" in " ".join(capsys.readouterr().out.split())
+    assert not (settings.model_dir / "current").exists()
+    assert _models(["verify", bundle.name], settings) == 0  # the original is untouched and fine
+
+
+def test_models_promote_of_a_folder_without_manifest_says_so(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (settings.model_dir / "if-y").mkdir(parents=True)
+    assert _models(["promote", "if-y"], settings) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is a folder but not a model bundle: it has no manifest.json" in out
+    assert "not found as a path" not in out
+
+
+@pytest.fixture(scope="module")
+def events_with_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic events plus a `key` service that no error case targets (as in LO2): under the
+    service label its training rows are all normal."""
+    events = synthetic_events(n_runs=8)
+    key = events.filter(pl.col("service") == "user").with_columns(
+        pl.lit("key").alias("service"),
+        pl.lit(False).alias("anomaly_service"),
+        pl.struct("run", "test_case").map_elements(
+            lambda r: file_seq_id(r["run"], r["test_case"], "key"), return_dtype=pl.String
+        ).alias("seq_id"),
+    )
+    path = tmp_path_factory.mktemp("events_key") / "events.parquet"
+    pl.concat([events, key]).write_parquet(path)
+    return path
+
+
+def test_per_service_training_skips_a_service_without_anomalous_rows(
+    events_with_key_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `lo2 train --per-service` crashed with a ValueError traceback on the one-class `key` group.
+    from shared import bundle as mb
+    from shared.errors import PayloadError
+
+    assert _run(["--input", str(events_with_key_file), "--per-service", "--models", "sequence_lr_numeric",
+                 "--if-n-estimators", "20", "--save-model"], settings) == 0
+    path = next(p for p in settings.model_dir.iterdir() if p.name.startswith("sequence_lr_numeric-"))
+    bundle = mb.load(path)
+    assert sorted(bundle.detectors) == ["client", "token", "user"]
+    assert list(bundle.training["skipped_groups"]) == ["key"]
+    assert "needs normal and anomalous training rows" in bundle.training["skipped_groups"]["key"]
+    assert bundle.metrics["skipped_groups"] == ["key"]
+    assert bundle.metrics["service"]["roc_auc"] is not None  # measured on the fitted services
+    # the IF (unsupervised) still has every service
+    if_bundle = mb.load(next(p for p in settings.model_dir.iterdir() if p.name.startswith("if-")))
+    assert sorted(if_bundle.detectors) == ["client", "key", "token", "user"]
+    # training predictions: key rows kept, unscored (null), the others scored
+    preds = pl.read_parquet(settings.artifacts_dir / "train" / "sequence_lr_numeric_predictions.parquet")
+    key_rows = preds.filter(pl.col("service") == "key")
+    assert key_rows.height > 0 and key_rows["score"].null_count() == key_rows["alert"].null_count() == key_rows.height
+    assert preds.filter(pl.col("service") != "key")["score"].null_count() == 0
+    # scoring a row of the skipped service is a clear error, never a silent guess
+    with pytest.raises(PayloadError, match="key"):
+        mb.score(bundle, np.zeros((1, len(bundle.feature_names))), ["key"])
+    capsys.readouterr()
+    assert _run(["--input", str(events_with_key_file), "--load-model", str(path)], settings) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cannot score services ['key'] (skipped in training: key:" in out
+    assert "pass --services client token user" in out
+    assert _run(["--input", str(events_with_key_file), "--load-model", str(path),
+                 "--services", "client", "token", "user"], settings) == 0
+
+
+def test_pooled_supervised_model_on_one_class_is_a_one_line_error(
+    events_with_key_file: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(["--input", str(events_with_key_file), "--phase", "full", "--models", "sequence_lr_numeric",
+                 "--services", "key", "--if-n-estimators", "20"], settings) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model 'sequence_lr_numeric', group 'all':" in out and "needs normal and anomalous" in out
+    assert "Traceback" not in out
