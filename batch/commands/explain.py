@@ -210,11 +210,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     out_dir = args.out or settings.artifacts_dir / "explain"
     seed = settings.seed if args.sample_seed is None else args.sample_seed
     try:
-        events_path = root / "events.parquet" if root.is_dir() else root
-        if not events_path.is_file():
-            msg = f"events Parquet not found at {events_path}; run `lo2 load` first or pass --root"
-            raise ConfigError(msg)
-        events = pl.read_parquet(events_path)
+        from batch.evaluate import read_events
+
+        # a file, or a folder holding events.parquet; a missing or unreadable one is a ConfigError
+        events = read_events(root).collect()
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("loading bundles", total=None)
 

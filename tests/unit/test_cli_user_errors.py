@@ -139,3 +139,14 @@ def test_verbose_flags_raise_the_log_level(no_broker: str) -> None:
     assert logging.getLogger("aiokafka").getEffectiveLevel() > logging.DEBUG  # libraries only with -vv
     for package in ("batch", "worker", "shared", "lo2"):
         logging.getLogger(package).setLevel(logging.NOTSET)
+
+
+def test_explain_on_a_file_that_is_not_parquet_is_one_line(
+    no_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "events.parquet"
+    bad.write_bytes(b"not a parquet file")
+    assert main(["explain", "--root", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "Traceback" not in text and "is not a readable Parquet file" in text
