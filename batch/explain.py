@@ -443,7 +443,8 @@ def write_plots(
     summary = out_dir / f"shap_summary_{model}.png"
     plt.figure()
     shap.summary_plot(
-        values[:, order], X_rows[:, order], feature_names=labels, max_display=top, show=False, plot_size=(13, 0.45 * len(order) + 2.0)
+        values[:, order], X_rows[:, order], feature_names=labels, max_display=top, show=False, plot_size=(13, 0.45 * len(order) + 2.0),
+        rng=np.random.default_rng(0),  # the beeswarm's jitter: the same picture for the same values
     )
     plt.title(what, fontsize=10)
     plt.xlabel("contribution to the anomaly score (SHAP value, oriented)")
