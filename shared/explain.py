@@ -535,6 +535,15 @@ def _evidence_pair(item: EvidenceItem) -> tuple[str | None, str]:
     return (None if tid is None else str(tid)), line
 
 
+def _evidence_time(item: EvidenceItem) -> str:
+    """``"HH:MM:SS.mmm "`` (UTC time of day) of an accumulator evidence dict, else ``""``: the live
+    record shows when the line was logged, as the worker's evidence-only fallback does."""
+    if not isinstance(item, Mapping) or item.get("timestamp_ms") is None:
+        return ""
+    t = int(item["timestamp_ms"]) % 86_400_000
+    return f"{t // 3_600_000:02d}:{t // 60_000 % 60:02d}:{t // 1000 % 60:02d}.{t % 1000:03d} "
+
+
 def select_evidence(
     items: Iterable[EvidenceItem],
     top_templates: Sequence[str | tuple[str | None, str]],
@@ -551,6 +560,7 @@ def select_evidence(
     """
     if max_lines <= 0:
         return []
+    items = list(items)
     lines = [_evidence_pair(item) for item in items]
     cache = pattern_cache if pattern_cache is not None else {}
     chosen: list[int] = []
@@ -581,7 +591,8 @@ def select_evidence(
             chosen.append(i)
             taken.add(i)
             texts.add(lines[i][1])
-    return [redact(lines[i][1]) for i in sorted(chosen)]
+    # repeats are judged without the time (above); the time goes in front of the chosen lines
+    return [redact(_evidence_time(items[i]) + lines[i][1]) for i in sorted(chosen)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -377,6 +377,8 @@ class SequenceBuilder:
         self._run_watermark: dict[tuple[object, str], int] = {}
         self._source_of: dict[str, object] = {}  # seq id -> source it arrives from
         self._closed_end: dict[tuple[str, str], int] = {}  # (run, service) -> end of newest closed window
+        #: streams whose ``_closed_end`` moved since :meth:`take_closed_end_changes` (to persist them)
+        self._closed_end_changed: set[tuple[str, str]] = set()
         self._windows: dict[tuple[str, str], dict[int, str]] = {}  # (run, service) -> {window start: seq id}
         self._idle_step = max(self.policy.idle_gap_ms // 4, 1)
         self._idle_tick: dict[tuple[object, str], int] = {}  # (source, run) -> last idle-scan tick
@@ -460,6 +462,25 @@ class SequenceBuilder:
             return self._close_idle_files(run_wm, run=event.run, source=source)
         return []
 
+    def take_closed_end_changes(self) -> dict[tuple[str, str], int]:
+        """Window policy: the (run, service) streams whose closed-window mark moved since the last
+        call, with the mark (the end of the newest closed window).  A caller that persists open
+        sequences persists these too: restored without them, a late event would reopen (and score
+        again) a window that was already closed and scored."""
+        out = {k: self._closed_end[k] for k in self._closed_end_changed if k in self._closed_end}
+        self._closed_end_changed.clear()
+        return out
+
+    @property
+    def closed_end_dirty(self) -> bool:
+        """Whether :meth:`take_closed_end_changes` has something to hand out."""
+        return bool(self._closed_end_changed)
+
+    def restore_closed_end(self, run: str, service: str, end_ms: int) -> None:
+        """Put back a closed-window mark of :meth:`take_closed_end_changes` (after a restart)."""
+        k = (run, service)
+        self._closed_end[k] = max(self._closed_end.get(k, end_ms), end_ms)
+
     def idle_scan_due(self, run: str, timestamp_ms: int, source: object = None) -> bool:
         """Whether :meth:`add` of an event of ``run`` at ``timestamp_ms`` from ``source`` will close
         idle file sequences (its run's event time crosses an ``idle_gap/4`` step).  A caller that
@@ -496,6 +517,7 @@ class SequenceBuilder:
             if key in self.store:
                 out.append(self._pop(key, reason))
             self._closed_end[stream] = max(self._closed_end.get(stream, ws + w), ws + w)
+            self._closed_end_changed.add(stream)
         if not windows:
             del self._windows[stream]
         return out

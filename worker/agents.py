@@ -216,6 +216,11 @@ class StreamEngine:
         # Per-record counts are kept in plain ints/dicts and added to the Prometheus counters once per
         # batch (finish_batch): a counter increment takes a lock, which costs more than the count.
         self._n_records = {True: 0, False: 0}  # json?, count
+        self._n_late: dict[str, int] = {}  # service -> events dropped as late since the last batch
+        self._late_logged_at = float("-inf")
+        self._unscored_warned: set[tuple[str, str]] = set()  # (model version, service)
+        #: window policy: (run, service) -> input partition of its events, for its closed-window mark
+        self._window_partition: dict[tuple[str, str], int] = {}
         self._n_events: dict[str, int] = {}  # service -> count
         self._n_continuations = {"attached": 0, "orphan": 0}
         self._records_in = {True: metrics.records_in.labels(form="json"), False: metrics.records_in.labels(form="raw")}
@@ -262,6 +267,7 @@ class StreamEngine:
         self.rewinding.clear()
         self.rewind_requests.clear()
         self.closed.clear()
+        closed_ends: dict[tuple[str, str], tuple[int, int]] = {}
         bad = 0
         for key, value in items:
             try:
@@ -274,17 +280,29 @@ class StreamEngine:
                 elif kind == "o":
                     topic, _, part = rest.rpartition("|")
                     self.offsets[(topic, int(part))] = int(value["offset"])
+                elif kind == "w":
+                    run, _, service = rest.rpartition("|")
+                    closed_ends[(run, service)] = (int(value["closed_end"]), int(value["p"]))
             except (PayloadError, KeyError, TypeError, ValueError) as exc:
                 bad += 1
                 log.error("dropping unreadable worker state %r: %s", key, exc)
         self.builder = self._new_builder()
+        self._window_partition.clear()
+        for (run, service), (end_ms, part) in closed_ends.items():
+            self.builder.restore_closed_end(run, service, end_ms)
+            self._window_partition[(run, service)] = part
         self.metrics.open_sequences.set(len(self.store))
         log.info("restored %d open sequences, %d pending events, %d partition offsets %s (%d unreadable)",
                  len(self.store), len(self.pending), len(self.offsets),
                  {f"{t}[{p}]": o for (t, p), o in sorted(self.offsets.items())}, bad)
 
     def has_changes(self) -> bool:
-        return bool(self.store.dirty or self.store.deleted or self.pending_dirty or self.pending_deleted or self.offsets_dirty)
+        return bool(self.store.dirty or self.store.deleted or self.pending_dirty or self.pending_deleted or self.offsets_dirty
+                    or self.builder.closed_end_dirty)
+
+    @property
+    def _windowed(self) -> bool:
+        return self.model.policy.kind == "window"
 
     def drain_state(self) -> list[StateChange]:
         changes = self.store.drain()
@@ -297,6 +315,9 @@ class StreamEngine:
                 changes.append(StateChange(part, "p|" + "|".join(s), None))
         for tp in self.offsets_dirty:
             changes.append(StateChange(tp[1], f"o|{tp[0]}|{tp[1]}", {"p": tp[1], "offset": self.offsets[tp]}))
+        for (run, service), end_ms in self.builder.take_closed_end_changes().items():
+            part = self._window_partition.get((run, service), self.store.current_partition or 0)
+            changes.append(StateChange(part, f"w|{run}|{service}", {"p": part, "closed_end": end_ms}))
         self.pending_dirty.clear()
         self.pending_deleted.clear()
         self.offsets_dirty.clear()
@@ -454,6 +475,15 @@ class StreamEngine:
             if n:
                 self.metrics.continuation_lines.labels(result=result).inc(n)
                 self._n_continuations[result] = 0
+        if self._n_late:
+            for service, n in self._n_late.items():
+                self.metrics.late_events.labels(service=service).inc(n)
+            now = time.monotonic()
+            if now - self._late_logged_at >= 60.0:  # at most once a minute: the counter has the rest
+                self._late_logged_at = now
+                log.warning("dropped late events whose window had already closed: %s (lo2_worker_late_events_total; "
+                            "key records by service, see docs/worker.md)", dict(self._n_late))
+            self._n_late.clear()
 
     def _fold_pending(self, s: tuple[str, str, str]) -> None:
         p = self.pending.pop(s, None)
@@ -468,7 +498,12 @@ class StreamEngine:
         self.store.current_partition = p.partition
         if p.record_ms is not None:
             self.last_record_ms[s] = p.record_ms
+        if self._windowed:
+            self._window_partition[(event.run, event.service)] = p.partition
+        late = self.builder.stats.late_events
         closed = self.builder.add(event, source=p.partition)
+        if self.builder.stats.late_events != late:  # dropped: its window had closed
+            self._n_late[event.service] = self._n_late.get(event.service, 0) + 1
         if closed:
             self.closed.extend(closed)
         self.store.current_partition = saved
@@ -525,11 +560,35 @@ class StreamEngine:
                 m = self.draining.pop(c.seq_id, self.model)
                 groups.setdefault(id(m), (m, []))[1].append(c)
             for model, seqs in groups.values():
-                for s in self.scorer.score(seqs, model):
+                for s in self.scorer.score(self._routable(seqs, model), model):
                     self._emit(s)
         self.metrics.open_sequences.set(len(self.store))
         outputs, self.outputs = self.outputs, []
         return outputs, self.drain_state() if drain else []
+
+    def _routable(self, seqs: list[ClosedSequence], model: LoadedModel) -> list[ClosedSequence]:
+        """The sequences ``model`` can score; the others are counted and logged once per service.
+
+        A per-service bundle has detectors only for the services it was trained on (training skips
+        one it cannot fit, e.g. ``key`` that no error targets).  Their sequences are not bad input
+        (no DLQ record), and one of them must not stop the others of the batch from being scored.
+        """
+        if not model.bundle.per_service:
+            return seqs
+        known = model.bundle.detectors
+        keep = [c for c in seqs if c.accumulator.service in known]
+        if len(keep) == len(seqs):
+            return seqs
+        for c in seqs:
+            service = c.accumulator.service
+            if service in known:
+                continue
+            self.metrics.unscored_sequences.labels(service=service, reason="no_model_for_service").inc()
+            if (model.version, service) not in self._unscored_warned:
+                self._unscored_warned.add((model.version, service))
+                log.warning("model %s has no detector for service %r (per-service bundle for %s): its sequences are "
+                            "not scored (lo2_worker_unscored_sequences_total)", model.version, service, sorted(known))
+        return keep
 
     def _emit(self, s: ScoredSequence) -> None:
         acc = s.closed.accumulator

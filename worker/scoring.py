@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,10 @@ class LoadedModel:
         if b.explainer_state is not None:
             from shared.explain import explainer_for
 
-            explainer_for(b).warm_up()  # build SHAP's TreeExplainer now, not on the first anomaly
+            # build SHAP's TreeExplainer now, not on the first anomaly (one per service of a per-service bundle)
+            services = sorted(b.explainer_state) if isinstance(b.explainer_state, Mapping) else [None]
+            for service in services:
+                explainer_for(b, service=service).warm_up()
         return cls(bundle=b, path=Path(path).resolve(), policy=policy, spec=spec, encoder=spec.encoder())
 
 

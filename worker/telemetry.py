@@ -44,6 +44,8 @@ class WorkerMetrics:
     online_learned: Counter
     input_rewinds: Counter
     input_holes: Counter
+    unscored_sequences: Counter
+    late_events: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -96,6 +98,20 @@ class WorkerMetrics:
                 f"{p}_input_offset_holes",
                 "Input offsets the broker had no record for on a re-read (transaction markers, compaction, retention); "
                 "on a plain topic this stays 0.",
+                registry=reg,
+            ),
+            unscored_sequences=Counter(
+                f"{p}_unscored_sequences",
+                "Closed sequences the model cannot score, by service and reason "
+                "(no_model_for_service: a per-service bundle has no detector for that service).",
+                ["service", "reason"],
+                registry=reg,
+            ),
+            late_events=Counter(
+                f"{p}_late_events",
+                "Events dropped because their window had already closed (window policy; the producer's "
+                "keying or ordering lets events arrive after the watermark passed their window).",
+                ["service"],
                 registry=reg,
             ),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -69,6 +70,8 @@ def test_stream_scores_equal_batch_scores(world: dict[str, object], batch_lines:
     anomalies = [AnomalyRecord.model_validate_json(v) for k, v in out if k == "anomaly"]
     assert anomalies, "the injected errors should make some sequences anomalous"
     assert all(a.explanation.evidence and a.explanation.top_features for a in anomalies)
+    # every evidence line says when it was logged (docs/worker.md), with the explainer as without
+    assert all(re.match(r"\d{2}:\d{2}:\d{2}\.\d{3} [A-Z]+ ", line) for a in anomalies for line in a.explanation.evidence)
     assert {a.id for a in anomalies} <= {r.id for r in scores.values()}
     assert engine.store.data == {} and engine.pending == {}
     normal = sum(1 for r in scores.values() if not r.is_anomaly)
@@ -321,3 +324,68 @@ def test_a_sequence_closed_as_idle_keeps_its_held_back_last_event(world: dict[st
     token = [r for r in scored if r.service == "token"]
     assert [(r.event_count, r.closed_by) for r in token] == [(20, "idle")]
     assert len({r.id for r in scored}) == len(scored)
+
+
+def test_a_per_service_bundle_scores_its_services_and_counts_the_others(generated_v2: Path, tmp_path: Path) -> None:
+    """Found live: a per-service bundle stopped the worker at start-up (explainer warm-up without a
+    service), and a sequence of a service it has no detector for crashed the agent for good."""
+    from batch.loader import EVENTS_FILE, load_runs, make_selection
+    from batch.train import TrainConfig, train
+    from shared.bundle import load
+
+    load_runs(generated_v2, make_selection(seed=1, trim_init_lines=TRIM), tmp_path / "pq", write_sequences=False)
+    events = pl.read_parquet(tmp_path / "pq" / EVENTS_FILE)
+    covered = ("client", "service", "token", "user")
+    result = train(events, TrainConfig(models=("if",), seed=7, per_service=True, services=covered,
+                                       model_params={"if": {"n_estimators": 30}}))
+    bundle_dir = result.bundles["if"].save(tmp_path / "models" / "if-per-service")
+    assert isinstance(load(bundle_dir).explainer_state, dict)
+
+    engine = _engine(bundle_dir)  # loads and warms up one explainer per service
+    out = _run(engine, generated_v2, 64)
+    scored = [ScoreRecord.model_validate_json(v) for k, v in out if k == "score"]
+    anomalies = [AnomalyRecord.model_validate_json(v) for k, v in out if k == "anomaly"]
+    assert {r.service for r in scored} == set(covered)
+    assert all(a.explanation.method != "evidence_only" for a in anomalies)  # each service's own explainer
+    n_seqs = dict(events.group_by("service").agg(pl.col("seq_id").n_unique()).iter_rows())
+    assert len(scored) == sum(n_seqs[s] for s in covered)
+    sample = engine.metrics.registry.get_sample_value
+    for service in set(n_seqs) - set(covered):
+        got = sample("lo2_worker_unscored_sequences_total", {"service": service, "reason": "no_model_for_service"})
+        assert got == n_seqs[service], service
+
+
+def test_a_closed_window_stays_closed_after_a_restart(world: dict[str, object], tmp_path: Path) -> None:
+    """Found live: after a restart, a late event reopened a window that had been closed and scored,
+    and the window was scored again under another record id.  The closed-window mark is state."""
+    from shared.sequences import SequencePolicy
+
+    events: pl.DataFrame = world["events"]  # type: ignore[assignment]
+    policy = SequencePolicy(kind="window", window_seconds=10.0, allowed_lateness_seconds=1.0, idle_gap_seconds=30.0)
+    bundle_dir = build_bundle(events, tmp_path, "window-restart", policy=policy)
+
+    def rec(offset: int, second: int) -> RecordIn:
+        line = f"10:00:{second:02d}.000 [XNIO-1 task-1]  Ab3dE-1 DEBUG c.n.o.t.h.X handleRequest - event {second}"
+        return RecordIn(b"token", json.dumps({"service": "token", "run": "LO2_run_1739998000", "line": line}).encode(),
+                        "lo2.logs", 0, offset, 1)
+
+    def windows(outputs: list[object]) -> list[int]:
+        scored = [ScoreRecord.model_validate_json(o.value) for o in outputs if o.kind == "score"]  # type: ignore[attr-defined]
+        return [r.sequence.window_start.second for r in scored if r.sequence.window_start is not None]
+
+    first = _engine(bundle_dir)
+    for i, second in enumerate([1, 2, 15, 16]):  # folding 15 moves the watermark past 0-10 + lateness
+        first.handle(rec(i, second))
+    outputs, changes = first.finish_batch()
+    assert windows(outputs) == [0]
+    table = {ch.key: json.loads(json.dumps(ch.value)) for ch in changes if ch.value is not None}
+    assert any(k.startswith("w|") for k in table), "the closed-window mark must be persisted"
+
+    second = _engine(bundle_dir)
+    second.restore(table.items())
+    second.handle(rec(4, 3))  # late for the closed window 0-10
+    second.handle(rec(5, 17))
+    second.tick(second.last_arrival + 120.0)
+    outputs, _ = second.finish_batch()
+    assert windows(outputs) == [10]
+    assert second.metrics.registry.get_sample_value("lo2_worker_late_events_total", {"service": "token"}) == 1
