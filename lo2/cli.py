@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from importlib import metadata
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lo2-stream {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: debug logs (and error tracebacks) of lo2-stream; -vv: of the libraries too")
+                        help="-v: debug logs of lo2-stream; -vv: of the libraries too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
         try:
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        # rich lays tables out for 80 columns when output goes to a file or a pipe (cron, CI logs)
+        # and cuts model names to "event_…"; a log file has room for the whole table
+        os.environ["COLUMNS"] = "200"
     settings = Settings()
     try:
         return int(args._run(args, settings) or 0)

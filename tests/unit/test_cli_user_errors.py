@@ -150,3 +150,16 @@ def test_explain_on_a_file_that_is_not_parquet_is_one_line(
     out = capsys.readouterr()
     text = " ".join((out.out + out.err).split())
     assert "Traceback" not in text and "is not a readable Parquet file" in text
+
+
+def test_tables_keep_whole_model_names_when_output_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    monkeypatch.setenv("COLUMNS", "0")
+    monkeypatch.delenv("COLUMNS")  # unset for the command; restored (unset) after the test
+    assert main(["train", "--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert os.environ.get("COLUMNS") == "200"
+    assert "event_oneclass_svm_words" in out and "sequence_shap_lr_words" in out and "…" not in out
