@@ -46,7 +46,14 @@ import polars as pl
 from batch.splits import RunSplit
 from batch.train import Events, TrainConfig, filter_services, score_events, train
 from shared import detection_metrics as dm
-from shared.bundle import current_target, load, promote, unique_bundle_dir
+from shared.bundle import (
+    CANARY_KEY,
+    DECISIONS_DIR,
+    current_target,
+    load,
+    promote,
+    unique_bundle_dir,
+)
 from shared.errors import ConfigError, Lo2Error, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,6 @@ EXIT_PROMOTED = 0
 EXIT_ERROR = 2
 EXIT_KEPT = 3
 #: Folder under the model dir that holds the decision records.
-DECISIONS_DIR = "decisions"
 RECORD_SCHEMA = "lo2.retrain-decision.v1"
 
 #: "would_promote" = the rule chose the challenger, but this was a dry run (``current`` unchanged).
@@ -299,6 +305,9 @@ def retrain(
 ) -> RetrainDecision:
     """Train a challenger on ``events``, compare with ``current`` on the held-out runs, maybe promote."""
     model_dir = Path(model_dir)
+    if config.model == CANARY_KEY:
+        msg = "--model canary: the leakage canary is a baseline, never a challenger for the live detector"
+        raise ConfigError(msg)
     events = filter_services(events, config.services)
     if progress:
         progress(f"training challenger {config.model}")

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from shared.detectors import Detector
-from shared.errors import ModelLoadError, PayloadError
+from shared.errors import ConfigError, ModelLoadError, PayloadError
 
 logger = logging.getLogger(__name__)
 
@@ -484,6 +484,13 @@ def is_anomaly(bundle: ModelBundle, scores: np.ndarray, services: Sequence[str] 
 # --- the model folder: listing, resolving, promoting ------------------------------------------
 
 
+#: The folder of ``lo2 retrain``'s decision records inside a model dir (not a bundle).
+DECISIONS_DIR = "decisions"
+#: Registry key of the length/duration leakage canary: a baseline to compare with, never the live
+#: detector (``promote`` refuses it).
+CANARY_KEY = "canary"
+
+
 def list_bundles(model_dir: Path) -> list[tuple[Path, dict[str, Any] | None, str | None]]:
     """Every bundle folder under ``model_dir`` with its manifest (or the error reading it), oldest first."""
     model_dir = Path(model_dir)
@@ -491,7 +498,7 @@ def list_bundles(model_dir: Path) -> list[tuple[Path, dict[str, Any] | None, str
         return []
     found: list[tuple[Path, dict[str, Any] | None, str | None]] = []
     for path in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.is_symlink()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.name == DECISIONS_DIR:
             continue
         try:
             found.append((path, read_manifest(path), None))
@@ -538,7 +545,11 @@ def promote(bundle_dir: Path, model_dir: Path | None = None) -> Path | None:
     ``os.replace`` (atomic on POSIX): readers see the old or the new bundle, never no bundle.
     """
     bundle_dir = Path(bundle_dir).resolve()
-    load(bundle_dir)  # refuse to promote a bundle that would not load
+    bundle = load(bundle_dir)  # refuse to promote a bundle that would not load
+    if bundle.model_key == CANARY_KEY:
+        msg = (f"{bundle_dir.name} is the length/duration leakage canary: a baseline to compare models with, "
+               "never the live detector; promote a detector bundle instead")
+        raise ConfigError(msg)
     model_dir = Path(model_dir) if model_dir is not None else bundle_dir.parent
     model_dir.mkdir(parents=True, exist_ok=True)
     previous = current_target(model_dir)

@@ -322,7 +322,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 models.append(mi)
             assert base_meta is not None
             meta = split.label(base_meta)
-            if canary is None:
+            # Explanations are of the bundle's own held-out runs; other runs are left out (say so),
+            # and data without any of them is a clear error, not a failing canary fit.
+            unknown = sorted(set(meta.filter(pl.col("split").is_null())["run"].to_list()))
+            if unknown:
+                console.print(f"left out {len(unknown)} run(s) that are not in the bundle's train/validation/test "
+                              f"split: {', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}", soft_wrap=True)
+            if not (meta["split"] == "test").any():
+                msg = (f"the data holds none of the bundle's held-out test runs ({', '.join(split.test_runs[:5])}); "
+                       "point --root at the events the bundle was trained on, or pass --retrain to split these runs")
+                raise ConfigError(msg)
+            if canary is None and not (meta["split"] == "train").any():
+                console.print("canary baseline skipped: the data holds none of the bundle's training runs", soft_wrap=True)
+            elif canary is None:
                 say("fitting the length/duration canary on the training runs (baseline only)")
                 Xc, cnames = model_input(loaded[0].feature_spec, "canary")
                 is_split = meta["split"].fill_null("").to_numpy()

@@ -519,3 +519,24 @@ def test_explain_rejects_an_explicit_nn_source_that_is_not_explained(
         "(or use 'all' / 'none')"
     )
     assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_explain_on_runs_the_bundle_never_saw_is_one_clear_error(
+    lr_bundle: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by QA: other runs (the real sample, a newer day) made the canary fit on zero training
+    rows and end in a ValueError traceback."""
+    from batch.generate import GenerateConfig, generate
+    from lo2.cli import main
+
+    generate(GenerateConfig(out=tmp_path / "runs", runs=3, errors_per_run=2, seed=12, aux_files=False,
+                            start_epoch=1_760_000_000))
+    assert main(["load", "--root", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "parquet")]) == 0
+    capsys.readouterr()
+    other = {"parquet": tmp_path / "parquet", "models": lr_bundle["models"]}
+    assert _explain(other, tmp_path / "out", "--load-model", "lr-test") == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "Traceback" not in text
+    assert "left out 3 run(s) that are not in the bundle's" in text
+    assert "none of the bundle's held-out test runs" in text

@@ -178,3 +178,23 @@ def test_cli_dry_run_says_would_promote_and_switches_nothing(
     assert len(records) == 1 and records[0].endswith("-would_promote.json")
     logged = " ".join(r.getMessage() for r in caplog.records if r.name == "batch.retrain")
     assert "retrain: would promote" in logged and "retrain: promoted" not in logged
+
+
+def test_the_canary_is_never_a_challenger_nor_promoted(events: pl.DataFrame, tmp_path: Path) -> None:
+    """Found by QA: with a broken champion, `retrain --model canary` replaced it with the leakage
+    canary, and `lo2 models promote` accepted a canary bundle."""
+    from batch.train import TrainConfig, train
+    from shared.bundle import list_bundles, promote
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leakage canary"):
+        retrain(events, dataclasses.replace(CONFIG, model="canary"), tmp_path)
+    assert current_target(tmp_path) is None
+    canary_dir = train(events, TrainConfig(models=("canary",), seed=1)).bundles["canary"].save(tmp_path / "canary-x")
+    with pytest.raises(ConfigError, match="never the live detector"):
+        promote(canary_dir, tmp_path)
+    assert current_target(tmp_path) is None
+    # a retrain's decision records are not listed as a broken bundle
+    retrain(events, CONFIG, tmp_path)
+    assert (tmp_path / "decisions").is_dir()
+    assert [p.name for p, _, _ in list_bundles(tmp_path) if p.name == "decisions"] == []
