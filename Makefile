@@ -33,7 +33,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: setup
+	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/featurize.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/explain.py
 	$(BIN)/python bench/stream.py

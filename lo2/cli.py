@@ -24,9 +24,9 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "batch.commands.train", "train the IsolationForest and registry models, save a bundle"),
     ("evaluate", "batch.commands.evaluate", "evaluate models on held-out runs, write a report"),
     ("explain", "batch.commands.explain", "SHAP, nearest normals, FP/FN lists from a bundle"),
-    ("scan", "batch.commands.scan", "summarise explainability/report artefacts as Markdown"),
+    ("scan", "batch.commands.scan", "summarise the explain artefacts as Markdown"),
     ("retrain", "batch.commands.retrain", "nightly retrain: build a challenger, promote if better"),
-    ("models", "batch.commands.models", "list/show saved model bundles"),
+    ("models", "batch.commands.models", "list, show, verify or promote saved model bundles"),
     ("worker", "worker.commands.worker", "run the Faust streaming worker"),
     ("replay", "worker.commands.replay", "push LO2 runs (folders or Parquet) into the input topic"),
     ("tail", "worker.commands.tail", "print anomaly records from the anomalies topic"),
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         for package in ("batch", "worker", "shared", "lo2"):
             logging.getLogger(package).setLevel(logging.DEBUG)
+    if args.verbose < 2:
+        # aiokafka narrates every connection and group step at INFO (two lines before `lo2 tail`
+        # prints anything); its warnings and errors still show, -vv shows the rest
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -195,7 +195,12 @@ def _collect(env: dict[str, str], bootstrap: str, n_expected: int, timeout_s: fl
         anomalies: dict[str, AnomalyRecord] = {}
         deadline = time.monotonic() + timeout_s
         try:
-            while len(seen) < n_expected and time.monotonic() < deadline:
+            def flagged() -> set[str]:
+                return {sid for sid, r in seen.items() if r["is_anomaly"]}
+
+            # every sequence scored, and every flagged one's anomaly record read (it is sent right
+            # after its score record, so it can still be in flight when the last score arrives)
+            while (len(seen) < n_expected or not flagged() <= anomalies.keys()) and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=1000)
                 for tp, messages in batch.items():
                     for msg in messages:

@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     seed: int = Field(default=42, description="Default seed for everything random (generation, sampling, models).")
     trim_init_lines: int = Field(
         default=100,
-        description="Start-up lines dropped at the head of every service log (they leak the label in v1).",
+        description="With trim_mode=lines: events dropped at the head of every service log (the LogLead fork's rule); unused by the default trim_mode=startup.",
     )
 
     # --- loader (`lo2 load`, batch/loader.py) ------------------------------------------------------
