@@ -86,6 +86,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
+    # An error test whose target service is not written leaves no trace in any log of the set.
+    unseen = sorted({t["test_case"] for r in result.runs for t in r["tests"]
+                     if t.get("target_service") and t["target_service"] not in config.services})
+    if unseen:
+        console.print(f"[yellow]note:[/] {len(unseen)} generated error case(s) target a service not written "
+                      f"(--services), so their tests look normal in every log: "
+                      f"{', '.join(unseen[:6])}{' …' if len(unseen) > 6 else ''}")
     crossing = [r["run"] for r in result.runs if r["crosses_midnight"]]
     console.print(
         f"wrote {len(result.runs)} {config.layout} runs, {result.files} service logs, {result.lines:,} lines, "

@@ -415,3 +415,22 @@ def test_loader_reads_the_ground_truth_targets(generated_v2: Path) -> None:
         assert target(case.name, case.service)
         assert not any(target(case.name, s) for s in catalog.SERVICES if s != case.service)
     assert not any(target("correct", s) for s in catalog.SERVICES)
+
+
+def test_cli_notes_error_cases_whose_target_service_is_not_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by QA: with --services leaving out a targeted service, such error tests left no trace
+    in any log, without a word."""
+    from shared.catalog import target_service
+
+    args = ["generate", "--runs", "1", "--errors-per-run", "10", "--seed", "3", "--no-aux-files"]
+    assert lo2_main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert lo2_main([*args, "--out", str(tmp_path / "some"), "--services", "token,user,key"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    unseen = sorted({t["test_case"] for t in _gt(tmp_path / "some")["runs"][0]["tests"]
+                     if target_service(t["test_case"]) not in (None, "token", "user", "key")})
+    assert unseen, "seed 3 should pick a case targeting another service"
+    assert f"note: {len(unseen)} generated error case(s) target a service not written" in err
+    assert all(case in err for case in unseen[:6])
