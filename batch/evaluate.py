@@ -51,6 +51,7 @@ from batch.train import (
     targeted_services,
 )
 from shared import detection_metrics as dm
+from shared.bundle import CANARY_KEY
 from shared.catalog import target_service
 from shared.errors import ConfigError, Lo2Error
 
@@ -68,7 +69,7 @@ TARGETED = "targeted"
 #: Groups that pool services; every other ``ResultRow.service`` is one service.
 POOLED_GROUPS: tuple[str, ...] = (ALL, TARGETED)
 #: Registry key of the leakage canary, evaluated next to every model.
-CANARY = "canary"
+CANARY = CANARY_KEY
 #: Models of ``lo2 evaluate`` without --models: the IF and the reference's default registry keys.
 DEFAULT_MODELS: tuple[str, ...] = (
     "if",

@@ -53,6 +53,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field
 
 from shared.errors import ConfigError, ModelLoadError
+from shared.parsing import format_time_of_day
 from shared.redaction import redact
 
 logger = logging.getLogger(__name__)
@@ -540,8 +541,7 @@ def _evidence_time(item: EvidenceItem) -> str:
     record shows when the line was logged, as the worker's evidence-only fallback does."""
     if not isinstance(item, Mapping) or item.get("timestamp_ms") is None:
         return ""
-    t = int(item["timestamp_ms"]) % 86_400_000
-    return f"{t // 3_600_000:02d}:{t // 60_000 % 60:02d}:{t // 1000 % 60:02d}.{t % 1000:03d} "
+    return format_time_of_day(int(item["timestamp_ms"])) + " "
 
 
 def select_evidence(

@@ -92,6 +92,13 @@ def classify(line: str) -> LineKind:
     return LineKind.CONTINUATION
 
 
+def format_time_of_day(epoch_ms: int) -> str:
+    """``"HH:MM:SS.mmm"`` of an epoch time in UTC: how a logback line starts (the inverse of
+    :func:`time_of_day_ms` within a day)."""
+    t = int(epoch_ms) % MS_PER_DAY
+    return f"{t // 3_600_000:02d}:{t // 60_000 % 60:02d}:{t // 1000 % 60:02d}.{t % 1000:03d}"
+
+
 def time_of_day_ms(hhmmss_mmm: str) -> int:
     """``"16:29:40.148"`` -> milliseconds since midnight.
 

@@ -49,6 +49,7 @@ from worker.envelopes import (
     InputMode,
     Limits,
     decode_record,
+    is_json_record,
     parse_item_fields,
 )
 from worker.scoring import LoadedModel, ScoredSequence, Scorer, explain
@@ -345,10 +346,11 @@ class StreamEngine:
         self.last_arrival = time.monotonic()
         self.store.current_partition = rec.partition
         # every record read counts, rejected ones too (the invalid-share alert divides by this)
-        mode = self.cfg.input_mode
-        self._n_records[mode == "json" or (mode == "auto" and (rec.value or b"").lstrip()[:1] == b"{")] += 1
+        is_json = is_json_record(rec.value, self.cfg.input_mode)
+        self._n_records[is_json] += 1
         try:
-            decoded = decode_record(rec.key, rec.value, mode=self.cfg.input_mode, limits=self.cfg.limits, record_time_ms=rec.timestamp_ms)
+            decoded = decode_record(rec.key, rec.value, mode="json" if is_json else "raw", limits=self.cfg.limits,
+                                    record_time_ms=rec.timestamp_ms)
         except PayloadError as exc:
             self._dlq(rec, exc.reason, str(exc), rec.value)
             return

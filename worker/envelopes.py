@@ -440,6 +440,12 @@ def decode_raw(key: bytes | None, text: str, limits: Limits, *, reference_ms: in
     return out
 
 
+def is_json_record(value: bytes | None, mode: InputMode) -> bool:
+    """Whether ``mode`` reads this record as JSON: always for ``json``; for ``auto`` when its first
+    non-blank byte is ``{``.  One rule for the decoder and the worker's per-form counter."""
+    return mode == "json" or (mode == "auto" and (value or b"").lstrip()[:1] == b"{")
+
+
 def decode_record(
     key: bytes | None,
     value: bytes | None,
@@ -457,7 +463,7 @@ def decode_record(
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError("invalid_utf8", f"record value is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    if mode == "json" or (mode == "auto" and text.lstrip()[:1] == "{"):
+    if is_json_record(value, mode):
         return decode_json(text, limits)
     return decode_raw(key, text, limits, reference_ms=record_time_ms)
 

@@ -35,6 +35,7 @@ from shared.errors import BrokerError, DataLayoutError
 from shared.parsing import (
     BLANK_CHARS,
     TIME_OF_DAY_REGEX,
+    format_time_of_day,
     resolve_timestamp_ms,
     service_from_filename,
     time_of_day_ms,
@@ -237,9 +238,7 @@ def parquet_chunks(path: Path) -> Iterator[Chunk]:
     lines: list[tuple[str, ...]] = []
     for i, (run, case, service, _sid, _ln, thread, cid, level, logger, method, message, stack) in enumerate(rows):
         key = SeqKey(run, case, service)
-        t = ts_ms[i] % 86_400_000
-        hhmmss = f"{t // 3_600_000:02d}:{t // 60_000 % 60:02d}:{t // 1000 % 60:02d}.{t % 1000:03d}"
-        line = f"{hhmmss} [{thread}]  {cid or ''} {level} {logger} {method} - {message}"
+        line = f"{format_time_of_day(ts_ms[i])} [{thread}]  {cid or ''} {level} {logger} {method} - {message}"
         keys.append(key)
         lines.append((line, *stack.split("\n")) if stack else (line,))
         last_row[key] = i

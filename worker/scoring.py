@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from shared import bundle as bundle_mod
 from shared.errors import Lo2Error, ModelLoadError
 from shared.features import FeatureSpec, vectorize_many
+from shared.parsing import format_time_of_day
 from shared.records import Explanation
 from shared.sequences import ClosedSequence, Encoder, SequenceAccumulator, SequencePolicy
 from worker.telemetry import WorkerMetrics
@@ -188,9 +189,7 @@ def evidence_lines(acc: SequenceAccumulator) -> list[str]:
     """The accumulator's retained (already redacted) lines in log order, readable."""
     out = []
     for e in sorted(acc.evidence, key=lambda e: (e.get("timestamp_ms", 0), e.get("line_no", 0))):
-        t = int(e.get("timestamp_ms", 0)) % 86_400_000
-        hhmmss = f"{t // 3_600_000:02d}:{t // 60_000 % 60:02d}:{t // 1000 % 60:02d}.{t % 1000:03d}"
-        line = f"{hhmmss} {e.get('level', '')} {e.get('logger', '')} {e.get('method', '')} - {e.get('message', '')}"
+        line = f"{format_time_of_day(int(e.get('timestamp_ms', 0)))} {e.get('level', '')} {e.get('logger', '')} {e.get('method', '')} - {e.get('message', '')}"
         if e.get("stack_head"):
             line += f" | {e['stack_head']}"
         out.append(line)

@@ -317,7 +317,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 X, names = model_input(b.feature_spec, b.input_kind, b)
                 mi = ModelInput(b.model_key, b.name or "retrained here (--retrain)", dict(b.detectors),
                                 dict(b.thresholds), X, names)
-                if b.model_key == "canary" and canary is None:
+                if b.model_key == bundles.CANARY_KEY and canary is None:
                     canary = mi
                 models.append(mi)
             assert base_meta is not None

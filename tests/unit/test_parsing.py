@@ -74,3 +74,11 @@ def test_service_from_filename() -> None:
     assert service_from_filename("light-oauth2-oauth2-refresh-token-1.log") == "refresh-token"
     assert service_from_filename("light-oauth2-mysqldb-1.log") is None
     assert service_from_filename("traces_oauth2-token-service.csv") is None
+
+
+def test_format_time_of_day_is_the_inverse_of_time_of_day_ms() -> None:
+    from shared.parsing import MS_PER_DAY, format_time_of_day, time_of_day_ms
+
+    for text in ("00:00:00.000", "09:05:07.003", "16:29:40.148", "23:59:59.999"):
+        assert format_time_of_day(time_of_day_ms(text)) == text
+        assert format_time_of_day(19_000 * MS_PER_DAY + time_of_day_ms(text)) == text  # any day, UTC
