@@ -69,11 +69,9 @@ _RULES: tuple[tuple[re.Pattern[str], Repl], ...] = (
     # JSON escaped inside a string (a logged request body):  {\"password\":\"x\"}
     (
         re.compile(
-            r"""(?ix)
-            (\\["'](?:password|passwordConfirm|newPassword|newPasswordConfirm|oldPassword|client_secret|clientSecret|secret|
-            refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
-            authorization|code)\\["']\s*[:=]\s*)
-            (?:\\"(?:[^"\\]|\\[^"])*\\"|[^\s,&}"'\\]+)
+            rf"""(?ix)
+            (\\["'](?:{_SENSITIVE_NAMES})\\["']\s*[:=]\s*)
+            (?:\\"(?:[^"\\]|\\[^"])*\\"|[^\s,&}}"'\\]+)
             """
         ),
         rf"\1{MASK}",
@@ -83,12 +81,10 @@ _RULES: tuple[tuple[re.Pattern[str], Repl], ...] = (
     # "code":"ERR12029" is evidence, not a secret)
     (
         re.compile(
-            r"""(?ix)
-            ((?<![\w$])["']?(?:password|passwordConfirm|newPassword|newPasswordConfirm|oldPassword|client_secret|
-            clientSecret|secret|refresh_token|refreshToken|access_token|accessToken|token|code_verifier|codeVerifier|
-            authorization|code)["']?\s*[:=]\s*)
-            (?!"ERR\d{5}")
-            (?:"[^"]*"|'[^']*'|[^\s,&}"']+)
+            rf"""(?ix)
+            ((?<![\w$])["']?(?:{_SENSITIVE_NAMES})["']?\s*[:=]\s*)
+            (?!"ERR\d{{5}}")
+            (?:"[^"]*"|'[^']*'|[^\s,&}}"']+)
             """
         ),
         rf"\1{MASK}",
