@@ -365,8 +365,14 @@ class SequenceBuilder:
         *,
         store: MutableMapping[str, SequenceAccumulator] | None = None,
         evidence_cap: int = 5,
+        before_idle_close: Callable[[str, object, int], None] | None = None,
     ) -> None:
         self.policy = policy
+        #: ``(run, source, now_ms)`` called right before an idle scan of that run and source closes
+        #: file sequences: a caller holding events back (the worker keeps each stream's newest
+        #: event for its stack lines) folds those of the sequences about to close, so none is cut
+        #: off from its last event.  It may call :meth:`add` again.
+        self.before_idle_close = before_idle_close
         self.encoder = encoder
         self.store: MutableMapping[str, SequenceAccumulator] = {} if store is None else store
         self.evidence_cap = evidence_cap
@@ -459,6 +465,8 @@ class SequenceBuilder:
             self._idle_tick[src] = tick
         elif tick > last_tick:
             self._idle_tick[src] = tick
+            if self.before_idle_close is not None:
+                self.before_idle_close(event.run, source, run_wm)
             return self._close_idle_files(run_wm, run=event.run, source=source)
         return []
 
@@ -481,28 +489,11 @@ class SequenceBuilder:
         k = (run, service)
         self._closed_end[k] = max(self._closed_end.get(k, end_ms), end_ms)
 
-    def idle_scan_due(self, run: str, timestamp_ms: int, source: object = None) -> bool:
-        """Whether :meth:`add` of an event of ``run`` at ``timestamp_ms`` from ``source`` will close
-        idle file sequences (its run's event time crosses an ``idle_gap/4`` step).  A caller that
-        holds events back (the worker keeps each stream's newest event for its stack lines) folds
-        the held events of sequences about to close first, so they are not cut off from them."""
-        if self.policy.kind != "file":
-            return False
-        src = (source, run)
-        last_tick = self._idle_tick.get(src)
-        if last_tick is None:
-            return False
-        run_wm = self._run_watermark.get(src, timestamp_ms)
-        return max(run_wm, timestamp_ms) // self._idle_step > last_tick
-
-    def would_close_idle(self, seq_id: str, run: str, timestamp_ms: int, source: object = None) -> bool:
-        """Whether the open file sequence ``seq_id`` is idle once ``run``'s event time from ``source``
-        reaches ``timestamp_ms`` (the rule of ``_close_idle_files``)."""
+    def would_close_idle(self, seq_id: str, now_ms: int) -> bool:
+        """Whether the open file sequence ``seq_id`` is idle at event time ``now_ms`` (the rule of
+        ``_close_idle_files``), for a ``before_idle_close`` callback."""
         acc = self.store.get(seq_id)
-        if acc is None or acc.last_ms is None:
-            return False
-        now = max(self._run_watermark.get((source, run), timestamp_ms), timestamp_ms)
-        return now - acc.last_ms >= self.policy.idle_gap_ms
+        return acc is not None and acc.last_ms is not None and now_ms - acc.last_ms >= self.policy.idle_gap_ms
 
     def _close_windows(self, stream: tuple[str, str], up_to_ms: int, reason: CloseReason) -> list[ClosedSequence]:
         """Close the windows of ``stream`` whose end is <= ``up_to_ms`` (oldest first)."""

@@ -199,6 +199,7 @@ class StreamEngine:
         self.metrics = metrics
         self.scorer = scorer
         self.model = model
+        self._windowed = model.policy.kind == "window"  # the policy of a running worker does not change
         self.store = TrackedStore()
         self.pending: dict[tuple[str, str, str], _Pending] = {}
         self.pending_dirty: set[tuple[str, str, str]] = set()
@@ -235,6 +236,7 @@ class StreamEngine:
         # time per partition and run), so the worker uses it as it is.
         return SequenceBuilder(
             self.model.policy, self._encode, store=self.store, evidence_cap=self.cfg.evidence_cap,
+            before_idle_close=self._fold_pending_of_idle,
         )
 
     def _encode(self, event: Event) -> EncodedEvent:
@@ -251,6 +253,7 @@ class StreamEngine:
             for seq_id in self.store:
                 self.draining.setdefault(seq_id, self.model)
         self.model = new
+        self._windowed = new.policy.kind == "window"
 
     # ------------------------------------------------------------------ state
 
@@ -301,9 +304,7 @@ class StreamEngine:
         return bool(self.store.dirty or self.store.deleted or self.pending_dirty or self.pending_deleted or self.offsets_dirty
                     or self.builder.closed_end_dirty)
 
-    @property
-    def _windowed(self) -> bool:
-        return self.model.policy.kind == "window"
+
 
     def drain_state(self) -> list[StateChange]:
         changes = self.store.drain()
@@ -494,8 +495,6 @@ class StreamEngine:
         self.pending_dirty.discard(s)
         self.pending_deleted[s] = p.partition
         event = p.build()
-        if self.builder.idle_scan_due(event.run, event.timestamp_ms, p.partition):
-            self._fold_pending_of_idle(event, p.partition)
         saved = self.store.current_partition
         self.store.current_partition = p.partition
         if p.record_ms is not None:
@@ -510,18 +509,20 @@ class StreamEngine:
             self.closed.extend(closed)
         self.store.current_partition = saved
 
-    def _fold_pending_of_idle(self, event: Event, partition: int) -> None:
-        """Fold the held-back events of the sequences this event's time is about to close as idle.
+    def _fold_pending_of_idle(self, run: str, partition: object, now_ms: int) -> None:
+        """The builder's ``before_idle_close``: fold the held-back events of the sequences its idle
+        scan of ``run`` (from ``partition``) is about to close.
 
         Without this, a sequence closed by idleness lost its newest event (still held back for its
-        stack lines), and that event later opened a second sequence under the same id.  Rare path:
-        it runs only when the run's event time crosses an idle-scan step.
+        stack lines), and that event later opened a second sequence under the same id.  A held
+        event folded here may be recent, so its sequence then stays open (it was not idle after
+        all); stack lines of that event arriving after this scan count as orphans.  Rare path: it
+        runs only when a run's event time crosses an idle-scan step.
         """
         for s2, p2 in list(self.pending.items()):
-            if s2[0] != event.run or p2.partition != partition or s2 not in self.pending:
+            if s2[0] != run or p2.partition != partition or s2 not in self.pending:
                 continue
-            seq_id = file_seq_id(*s2)
-            if self.builder.would_close_idle(seq_id, event.run, event.timestamp_ms, partition):
+            if self.builder.would_close_idle(file_seq_id(*s2), now_ms):
                 self._fold_pending(s2)
 
     def _end(self, end: EndOfSequence) -> None:
