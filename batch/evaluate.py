@@ -54,6 +54,7 @@ from shared import detection_metrics as dm
 from shared.bundle import CANARY_KEY
 from shared.catalog import target_service
 from shared.errors import ConfigError, Lo2Error
+from shared.tables import checked_parquet_schema
 
 log = logging.getLogger(__name__)
 
@@ -274,15 +275,7 @@ def read_events(path: Path) -> pl.LazyFrame:
         p = p / "events.parquet"
     if not p.is_file():
         raise ConfigError(f"events Parquet not found at {p}; run `lo2 load` first or pass --root")
-    # The scan is lazy: a truncated or foreign file would only fail deep inside featurization.
-    try:
-        schema = pl.read_parquet_schema(p)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{p} is not a readable Parquet file ({first}); run `lo2 load` to write one") from exc
-    missing = [c for c in ("run", "test_case", "service", "message") if c not in schema]
-    if missing:
-        raise ConfigError(f"{p} is not an events table of `lo2 load`: no column(s) {missing}")
+    checked_parquet_schema(p, ("run", "test_case", "service", "message"), "events file")
     return pl.scan_parquet(p)
 
 

@@ -211,19 +211,11 @@ def check_source(path: Path) -> None:
     if path.suffix != ".parquet":
         discover_run_dirs(path)
         return
-    import polars as pl
+    from shared.tables import checked_parquet_schema  # polars, only for Parquet sources
 
     if not path.is_file():
         raise DataLayoutError(f"replay source {str(path)!r} is not a file; expected an events.parquet written by `lo2 load`")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataLayoutError(f"replay source {str(path)!r} is not a readable Parquet file ({type(exc).__name__})") from exc
-    missing = [c for c in _PARQUET_COLUMNS if c not in schema]
-    if missing:
-        raise DataLayoutError(
-            f"replay source {str(path)!r} is not an events.parquet written by `lo2 load`: no column(s) {missing}"
-        )
+    checked_parquet_schema(path, _PARQUET_COLUMNS, "replay source")
 
 
 def parquet_chunks(path: Path) -> Iterator[Chunk]:

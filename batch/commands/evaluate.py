@@ -10,13 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from batch.commands._flags import csv as _csv
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -162,25 +159,8 @@ def _model_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """
     from batch.commands._flags import if_params
 
-    given = {
-        name: value
-        for name, value in (
-            ("n_estimators", args.if_n_estimators),
-            ("max_samples", args.if_max_samples),
-            ("contamination", args.if_contamination),
-        )
-        if value is not None
-    }
-    if not given:
-        return {}
-    checked = if_params(
-        argparse.Namespace(
-            if_n_estimators=given.get("n_estimators", 200),
-            if_max_samples=given.get("max_samples", "auto"),
-            if_contamination=given.get("contamination", "auto"),
-        )
-    )
-    return {"if": {name: checked[name] for name in given}}
+    checked = if_params(args)
+    return {"if": checked} if checked else {}
 
 
 def _default_events(settings: Settings) -> Path:

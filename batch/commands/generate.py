@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from batch.commands._flags import csv as _csv
 from shared.settings import Settings
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from shared.bundle import ModelBundle
     from shared.settings import Settings
 
+from batch.commands._flags import csv as _csv
 from batch.commands._flags import if_params as _if_params  # shared with `lo2 evaluate`
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class _ServicesAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, [s.strip() for v in values for s in str(v).split(",") if s.strip()])
+        setattr(namespace, self.dest, [s for v in values for s in _csv(str(v))])
 
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input")
